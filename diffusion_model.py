@@ -1,0 +1,172 @@
+"""The forward (noising) and reverse (denoising) processes of DDPM (paper sections 3 and 4).
+
+Index convention, used everywhere in this package: tensors are 0-based. Index
+``i`` in ``betas``, ``alphas`` and ``alpha_bars``, and the integer time step
+``i`` given to the network, stand for the paper's time step ``t = i + 1``
+(``t = 1..T``). So ``betas[0] = beta_1 = beta_start`` and
+``betas[T-1] = beta_T = beta_end``; training draws ``i ~ U{0..T-1}`` (Algorithm 1,
+``t ~ U{1..T}``) and sampling runs ``i = T-1, ..., 0`` (Algorithm 2,
+``t = T, ..., 1``), adding no noise at ``i = 0`` (the paper's ``t = 1``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class ReverseStep(NamedTuple):
+    """Result of one reverse step: x_{t-1} and the x_0 implied by the noise prediction."""
+
+    x_prev: torch.Tensor
+    x0_pred: torch.Tensor
+
+
+def _per_sample(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Gather ``values[t]`` for a batch of time steps and shape it (N, 1, 1, ...) to broadcast."""
+    return values[t.reshape(-1)].reshape(-1, *([1] * (ndim - 1)))
+
+
+class DiffusionModel(nn.Module):
+    """DDPM with a linear beta schedule around a backward-process network (Listing 2).
+
+    Args:
+        backward_process_model: the noise predictor eps_theta(x, t), e.g. ``MyUNet``.
+        beta_start, beta_end: beta_1 and beta_T of the linear schedule (Listing 1).
+        timesteps: the number of diffusion steps T.
+        device: where to put the model; None leaves it where it is.
+        image_chw: (C, H, W) of the images. The paper hard-codes (1, 28, 28);
+            here it defaults to the network's ``config`` (MyUNet has one).
+
+    The schedule tensors are registered buffers, so ``.to(device)``,
+    ``state_dict()`` and checkpoints carry them.
+    """
+
+    def __init__(
+        self,
+        backward_process_model: nn.Module,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        timesteps: int = 1000,
+        device: torch.device | str | None = None,
+        image_chw: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        if not 0.0 < beta_start < 1.0 or not 0.0 < beta_end < 1.0:
+            raise ValueError(f"betas must lie in (0, 1), got beta_start={beta_start}, beta_end={beta_end}")
+        if timesteps > 1 and beta_end <= beta_start:
+            raise ValueError(f"beta_end ({beta_end}) must be larger than beta_start ({beta_start})")
+        if image_chw is None:
+            cfg = getattr(backward_process_model, "config", None)
+            if cfg is None:
+                raise ValueError("image_chw is required when the network has no config")
+            image_chw = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+        self.beta_start = float(beta_start)
+        self.beta_end = float(beta_end)
+        self.timesteps = int(timesteps)
+        self.image_chw = tuple(int(v) for v in image_chw)
+        self.backward_process_model = backward_process_model
+
+        # Computed in float64 and stored as float32: alpha_bars is a product of
+        # 1000 factors, and float64 keeps its last digits right.
+        betas = self.get_linear_beta_schedule(beta_start, beta_end, timesteps, dtype=torch.float64)
+        alphas = 1.0 - betas  # Eq. 1
+        alpha_bars = torch.cumprod(alphas, dim=0)  # Eq. 5
+        self.register_buffer("betas", betas.float())
+        self.register_buffer("alphas", alphas.float())
+        self.register_buffer("alpha_bars", alpha_bars.float())
+        if device is not None:
+            self.to(device)
+
+    @staticmethod
+    def get_linear_beta_schedule(
+        beta_start: float = 1e-4, beta_end: float = 0.02, timesteps: int = 1000, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """beta_1..beta_T evenly spaced from beta_start to beta_end (Listing 1, ``linspace``)."""
+        return torch.linspace(beta_start, beta_end, timesteps, dtype=dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    def add_noise(
+        self, x_0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample x_t ~ q(x_t | x_0) in closed form (Eq. 3-4), one time step per sample.
+
+        Args:
+            x_0: clean images (N, C, H, W) in [-1, 1].
+            t: 0-based time steps, shape (N,) or (N, 1), values in 0..T-1.
+            noise: eps ~ N(0, I) shaped like x_0; drawn when None.
+
+        Returns ``(x_t, noise)`` with ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
+        """
+        t = t.reshape(-1)
+        if t.shape[0] != x_0.shape[0]:
+            raise ValueError(f"add_noise got {x_0.shape[0]} images but {t.shape[0]} time steps")
+        if noise is None:
+            noise = torch.randn_like(x_0)
+        elif noise.shape != x_0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} differs from x_0 shape {tuple(x_0.shape)}")
+        a_bar = _per_sample(self.alpha_bars, t, x_0.dim())
+        return a_bar.sqrt() * x_0 + (1.0 - a_bar).sqrt() * noise, noise
+
+    def backward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """The network's noise prediction eps_theta(x_t, t) (Eq. 8).
+
+        Named as in the paper; this is not ``nn.Module``'s autograd ``backward``.
+        """
+        return self.backward_process_model(x, t)
+
+    def forward(self, x_0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One training draw (Algorithm 1, lines 2-4): returns ``(noisy, noise, eta_theta)``.
+
+        Draws ``t ~ U{0..T-1}`` per sample (the paper's t ~ U{1..T}), noises x_0
+        with Eq. 4 and predicts the noise; the loss of Eq. 8 is
+        ``mse(eta_theta, noise)``. (Algorithm 1, line 5 writes sqrt(alpha_t) where
+        Eq. 4 and Eq. 9 have sqrt(alpha_bar_t); the closed form uses alpha_bar_t.)
+        """
+        n = x_0.shape[0]
+        t = torch.randint(0, self.timesteps, (n,), device=x_0.device)
+        noisy, noise = self.add_noise(x_0, t)
+        eta_theta = self.backward(noisy, t)
+        return noisy, noise, eta_theta
+
+    def step(
+        self,
+        x_t: torch.Tensor,
+        t: int,
+        eta_theta: torch.Tensor | None = None,
+        z: torch.Tensor | None = None,
+    ) -> ReverseStep:
+        """One reverse step x_t -> x_{t-1} (Algorithm 2, lines 3-4) at 0-based step ``t``.
+
+        Mean of Eq. 7, ``mu = (x_t - beta_t / sqrt(1 - abar_t) * eps_theta) / sqrt(alpha_t)``,
+        plus ``sigma_t z`` with ``sigma_t^2 = beta_t`` and ``z ~ N(0, I)``, except at
+        ``t = 0`` (the paper's t = 1), where no noise is added.
+
+        Args:
+            x_t: current images (N, C, H, W).
+            t: 0-based time step, 0..T-1, the same for the whole batch.
+            eta_theta: the network's prediction at (x_t, t); computed when None.
+            z: the noise to add (for tests); drawn when None and t > 0.
+        """
+        if not 0 <= t < self.timesteps:
+            raise ValueError(f"time step {t} outside 0..{self.timesteps - 1}")
+        if eta_theta is None:
+            t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+            eta_theta = self.backward(x_t, t_batch)
+        alpha_t, beta_t, a_bar_t = self.alphas[t], self.betas[t], self.alpha_bars[t]
+        # Algorithm 2 writes (1 - alpha_t) / sqrt(1 - alpha_t); Eq. 7 has the correct
+        # beta_t / sqrt(1 - alpha_bar_t), which is what the paper's own listing computes.
+        mean = (x_t - beta_t / (1.0 - a_bar_t).sqrt() * eta_theta) / alpha_t.sqrt()
+        x0_pred = (x_t - (1.0 - a_bar_t).sqrt() * eta_theta) / a_bar_t.sqrt()  # Eq. 4 solved for x_0
+        if t == 0:
+            return ReverseStep(mean, x0_pred)
+        if z is None:
+            z = torch.randn_like(x_t)
+        return ReverseStep(mean + beta_t.sqrt() * z, x0_pred)  # sigma_t = sqrt(beta_t)
