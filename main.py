@@ -1,0 +1,276 @@
+"""Command line of the DDPM tutorial package: data -> training -> samples and figures.
+
+    python main.py --dataset mnist --train          # train, save runs/ddpm_model.pt
+    python main.py --sample --gif out.gif            # sample from that checkpoint
+    python main.py --dataset persian --figures       # draw the paper's figures
+
+Users get one-line errors and a non-zero exit code; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.optim.lr_scheduler import StepLR
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from checkpoint import CheckpointError, load_checkpoint, model_config, save_checkpoint
+from Dataset import DATASETS, IMAGE_SIZES, DatasetError, get_data_loaders, save_dataset_samples
+from diffusion_model import DiffusionModel
+from unet import ARCHITECTURES, MyUNet
+from utils import (
+    DISPLAY_MODES,
+    resolve_device,
+    sample,
+    save_embedding_matrix,
+    save_forward_process,
+    training_loop,
+)
+
+log = logging.getLogger("ddpm")
+
+
+class UsageError(Exception):
+    """A problem with the user's request; its message is printed as one line."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def open_unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main.py",
+        description="Denoising Diffusion Probabilistic Models, as in the tutorial paper: "
+        "train on MNIST or Persian digits, sample images and GIFs, draw the paper's figures.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    what = p.add_argument_group("what to do (combine freely; at least one)")
+    what.add_argument("--train", action="store_true", help="train a model and save checkpoints in --out-dir")
+    what.add_argument("--sample", action="store_true", help="generate --n-samples images from --checkpoint")
+    what.add_argument("--figures", action="store_true",
+                      help="draw the paper's figures: dataset samples (Fig. 2/5), forward process (Fig. 7/8), "
+                           "positional-encoding matrix (Fig. 9)")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="mnist", help="which of the paper's datasets")
+    data.add_argument("--data-root", default="./data",
+                      help="folder with the data (MNIST/raw/..., persian_digits.zip or its extracted folder); "
+                           "missing data is downloaded there")
+    data.add_argument("--persian-zip", default=None, help="a local copy of the Persian digits zip to use")
+    data.add_argument("--extract-dir", default=None,
+                      help="where to extract the Persian digits zip (default: DATA_ROOT/persian_digits, "
+                           "or ./data/persian_digits when DATA_ROOT is read-only)")
+    data.add_argument("--num-workers", type=non_negative_int, default=None,
+                      help="DataLoader worker processes (default: chosen for the device)")
+    data.add_argument("--skip-bad-files", action="store_true",
+                      help="skip unreadable Persian images instead of stopping with an error")
+
+    model = p.add_argument_group("model and diffusion schedule (training; sampling reads them from the checkpoint)")
+    model.add_argument("--timesteps", type=positive_int, default=1000, help="number of diffusion steps T")
+    model.add_argument("--beta-start", type=open_unit_interval, default=1e-4, help="beta_1 of the linear schedule")
+    model.add_argument("--beta-end", type=open_unit_interval, default=0.02, help="beta_T of the linear schedule")
+    model.add_argument("--time-emb-dim", type=positive_int, default=100, help="width of the sinusoidal time embedding")
+    model.add_argument("--arch", choices=ARCHITECTURES, default="paper",
+                       help="UNet variant: 'paper' is Figure 11; 'fixed' keeps absolute intensities "
+                            "(no LayerNorm on the raw input)")
+
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
+    train.add_argument("--batch-size", type=positive_int, default=128, help="images per batch")
+    train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--lr-step", type=positive_int, default=10, help="StepLR: epochs between learning-rate cuts")
+    train.add_argument("--lr-gamma", type=positive_float, default=0.5, help="StepLR: factor of each cut")
+
+    samp = p.add_argument_group("sampling")
+    samp.add_argument("--checkpoint", default=None,
+                      help="checkpoint to write (--train) and read (--sample); default: OUT_DIR/ddpm_model.pt")
+    samp.add_argument("--n-samples", type=positive_int, default=16, help="images to generate")
+    samp.add_argument("--gif", default=None, help="also write the reverse process as a GIF to this path")
+    samp.add_argument("--frames-per-gif", type=positive_int, default=100, help="frames of the GIF before the hold")
+    samp.add_argument("--display", choices=DISPLAY_MODES, default="clamp",
+                      help="how images are drawn: 'clamp' shows the real output in [-1, 1]; "
+                           "'minmax' stretches each image to its own range as the paper does")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--out-dir", default="runs", help="folder for checkpoints, figures and sample grids")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="'auto' uses CUDA when available")
+    run.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same run on CPU")
+    run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.train or args.sample or args.figures):
+        parser.error("nothing to do: give --train, --sample and/or --figures")
+    if args.timesteps > 1 and args.beta_end <= args.beta_start:
+        parser.error(f"--beta-end ({args.beta_end}) must be larger than --beta-start ({args.beta_start})")
+    if args.gif is not None and not args.sample:
+        parser.error("--gif needs --sample")
+    return args
+
+
+def ensure_writable(path: Path) -> Path:
+    """Create ``path``'s folder and check a file can be written there; UsageError otherwise."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder")
+    return path
+
+
+def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
+    """Build the model of the chosen dataset and run the training loop of Figure 12."""
+    train_loader, val_loader = load_data(args, device)
+    size = IMAGE_SIZES[args.dataset]
+    net = MyUNet(n_steps=args.timesteps, time_emb_dim=args.time_emb_dim, image_size=size, arch=args.arch)
+    ddpm = DiffusionModel(net, args.beta_start, args.beta_end, args.timesteps, device=device)
+    config = model_config(args.dataset, ddpm)
+    optim = torch.optim.Adam(ddpm.parameters(), lr=args.lr)
+    scheduler = StepLR(optim, step_size=args.lr_step, gamma=args.lr_gamma)
+    n_params = sum(p.numel() for p in ddpm.parameters() if p.requires_grad)
+    log.info("Training %s (%s UNet, %d trainable parameters) on %s for %d epochs: %d train / %d validation images",
+             args.dataset, args.arch, n_params, device, args.epochs,
+             len(train_loader.dataset), len(val_loader.dataset))
+    train_args = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
+                      lr_gamma=args.lr_gamma, seed=args.seed)
+
+    def save(path: Path, history: dict[str, Any]) -> None:
+        save_checkpoint(path, ddpm, config, history=history, train_args=train_args,
+                        epoch=len(history["train_loss"]), optimizer=optim.state_dict(),
+                        scheduler=scheduler.state_dict())
+
+    history = training_loop(ddpm, train_loader, val_loader, args.epochs, optim, device,
+                            scheduler=scheduler, store_path=checkpoint, save_fn=save,
+                            loss_curve_path=out_dir / f"loss_curves_{args.dataset}.png", seed=args.seed)
+    (out_dir / f"history_{args.dataset}.json").write_text(json.dumps(history, indent=2))
+    log.info("Best checkpoint: %s; loss curves: %s", checkpoint, out_dir / f"loss_curves_{args.dataset}.png")
+
+
+def load_data(args: argparse.Namespace, device: torch.device):
+    return get_data_loaders(args.dataset, args.batch_size, args.data_root, seed=args.seed,
+                            num_workers=args.num_workers, device=device, persian_zip=args.persian_zip,
+                            extract_dir=args.extract_dir, skip_bad_files=args.skip_bad_files)
+
+
+def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
+    """Rebuild the model from its checkpoint and run Algorithm 2 (Figure 14)."""
+    try:
+        ddpm, ckpt = load_checkpoint(checkpoint, device)
+    except CheckpointError as exc:
+        if not checkpoint.exists():
+            raise UsageError(f"{exc}; train one first: python main.py --dataset mnist --train "
+                             f"(or pass --checkpoint PATH)") from exc
+        raise
+    dataset = ckpt["config"]["dataset"]
+    grid_path = ensure_writable(out_dir / f"samples_{dataset}.png")
+    gif = ensure_writable(Path(args.gif)) if args.gif else None
+    log.info("Sampling %d images from %s (%s, T=%d) on %s", args.n_samples, checkpoint, dataset,
+             ddpm.timesteps, device)
+    start = time.perf_counter()
+    sample(ddpm, args.n_samples, device, frames_per_gif=args.frames_per_gif, gif_name=gif,
+           grid_path=grid_path, seed=args.seed, display=args.display)
+    log.info("Sampled in %.1fs: grid %s%s", time.perf_counter() - start, grid_path,
+             f", GIF {gif}" if gif else "")
+
+
+def draw_figures(args: argparse.Namespace, device: torch.device, out_dir: Path) -> None:
+    """The paper's data and forward-process figures (Figures 2/5, 7/8 and 9)."""
+    train_loader, val_loader = load_data(args, device)
+    samples_path = out_dir / f"dataset_samples_{args.dataset}.png"
+    save_dataset_samples(train_loader, val_loader, samples_path)
+    ddpm = DiffusionModel(torch.nn.Identity(), args.beta_start, args.beta_end, args.timesteps, device=device,
+                          image_chw=(1, IMAGE_SIZES[args.dataset], IMAGE_SIZES[args.dataset]))
+    images = torch.stack([train_loader.dataset[i][0] for i in range(4)])
+    forward_path = out_dir / f"forward_process_{args.dataset}.png"
+    save_forward_process(ddpm, images, forward_path, seed=args.seed)
+    embedding_path = out_dir / "positional_encoding_64.png"
+    save_embedding_matrix(embedding_path, n=64, d=args.time_emb_dim)
+    log.info("Figures: %s, %s, %s", samples_path, forward_path, embedding_path)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Do what the arguments ask, in the order data -> train -> sample."""
+    torch.manual_seed(args.seed)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    out_dir = Path(args.out_dir)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out_dir / "ddpm_model.pt"
+    ensure_writable(out_dir / "probe")
+    if args.train:
+        ensure_writable(checkpoint)
+    if args.figures:
+        draw_figures(args, device, out_dir)
+    if args.train:
+        train(args, device, checkpoint, out_dir)
+    if args.sample:
+        sample_images(args, device, checkpoint, out_dir)
+
+
+def one_line(exc: Exception) -> str:
+    """The user-facing message of ``exc``; a DataLoader worker wraps it in a traceback, which is dropped."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in lines[0]:
+        return lines[-1].split(": ", 1)[-1]  # "Dataset.DatasetError: <message>"
+    return " ".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        with logging_redirect_tqdm():
+            run(args)
+    except (UsageError, CheckpointError, DatasetError) as exc:
+        print(f"main.py: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("main.py: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

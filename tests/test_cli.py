@@ -1,0 +1,134 @@
+"""End-to-end tests of the command line (main.py) on tiny generated MNIST data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageSequence
+
+import main as cli
+from datagen import make_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--timesteps", "20", "--batch-size", "8", "--device", "cpu"]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def gif_frames(path: Path) -> tuple[list[np.ndarray], list[int]]:
+    with Image.open(path) as gif:
+        frames = [(np.array(f.convert("L")), f.info["duration"]) for f in ImageSequence.Iterator(gif)]
+    return [f for f, _ in frames], [d for _, d in frames]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run through the CLI, shared by the tests below."""
+    work = tmp_path_factory.mktemp("cli")
+    make_mnist(work / "data", n_train=24, n_test=8)
+    result = run_cli("--dataset", "mnist", "--train", "--epochs", "2", "--data-root", "data", *TINY, cwd=work)
+    assert result.returncode == 0, result.stderr
+    return work, result
+
+
+def test_train_writes_checkpoints_and_figures(trained):
+    work, result = trained
+    runs = work / "runs"
+    for name in ("ddpm_model.pt", "ddpm_model_last.pt", "loss_curves_mnist.png", "history_mnist.json"):
+        assert (runs / name).is_file(), name
+    history = json.loads((runs / "history_mnist.json").read_text())
+    assert len(history["train_loss"]) == 2 and len(history["val_loss"]) == 2
+    assert "Epoch 2/2 - Training Loss:" in result.stderr
+    assert not (work / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()  # nothing downloaded
+
+
+def test_sample_needs_no_other_flags_and_is_reproducible(trained):
+    work, _ = trained
+    first = run_cli("--sample", "--gif", "out.gif", "--n-samples", "5", "--frames-per-gif", "6", cwd=work)
+    assert first.returncode == 0, first.stderr
+    frames, durations = gif_frames(work / "out.gif")
+    assert len(frames) == 6 and frames[0].shape == (2 * 28, 3 * 28)  # 5 samples -> 2 x 3 grid
+    assert durations[-1] == 3 * durations[0]  # the final frame held a third longer
+    grid = np.array(Image.open(work / "runs" / "samples_mnist.png"))
+    assert grid.shape == (56, 84)
+    assert np.array_equal(grid, frames[-1])
+    gif_bytes = (work / "out.gif").read_bytes()
+    again = run_cli("--sample", "--gif", "out.gif", "--n-samples", "5", "--frames-per-gif", "6", cwd=work)
+    assert again.returncode == 0, again.stderr
+    assert (work / "out.gif").read_bytes() == gif_bytes
+    assert np.array_equal(np.array(Image.open(work / "runs" / "samples_mnist.png")), grid)
+
+
+def test_same_seed_same_training(trained, tmp_path):
+    work, _ = trained
+    make_mnist(tmp_path / "data", n_train=24, n_test=8)
+    result = run_cli("--dataset", "mnist", "--train", "--epochs", "2", "--data-root", "data", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    first = json.loads((work / "runs" / "history_mnist.json").read_text())
+    second = json.loads((tmp_path / "runs" / "history_mnist.json").read_text())
+    assert first["train_loss"] == second["train_loss"] and first["val_loss"] == second["val_loss"]
+
+
+def test_figures(trained):
+    work, _ = trained
+    result = run_cli("--dataset", "mnist", "--figures", "--data-root", "data", "--device", "cpu", cwd=work)
+    assert result.returncode == 0, result.stderr
+    for name in ("dataset_samples_mnist.png", "forward_process_mnist.png", "positional_encoding_64.png"):
+        assert Image.open(work / "runs" / name).size[0] > 100, name
+
+
+def test_user_errors_are_one_line_without_traceback(trained, tmp_path):
+    work, _ = trained
+    missing = run_cli("--sample", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "no checkpoint at runs/ddpm_model.pt; train one first: python main.py --dataset mnist --train" \
+        in missing.stderr
+    (tmp_path / "corrupt.pt").write_bytes((work / "runs" / "ddpm_model.pt").read_bytes()[:1000])
+    corrupt = run_cli("--sample", "--checkpoint", "corrupt.pt", cwd=tmp_path)
+    assert corrupt.returncode == 1 and "corrupt.pt is not a readable checkpoint" in corrupt.stderr
+    (tmp_path / "a_file").write_text("")
+    unwritable = run_cli("--sample", "--checkpoint", str(work / "runs" / "ddpm_model.pt"),
+                         "--gif", "a_file/out.gif", cwd=tmp_path)
+    assert unwritable.returncode == 1 and "cannot write a_file/out.gif" in unwritable.stderr
+    no_data = run_cli("--train", "--data-root", "a_file/data", *TINY, cwd=tmp_path)
+    assert no_data.returncode == 1
+    for result in (missing, corrupt, unwritable, no_data):
+        assert "Traceback" not in result.stderr
+        assert result.stderr.count("main.py: error:") == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train", "--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+        (["--train", "--batch-size", "-4"], "--batch-size: must be a positive integer, got -4"),
+        (["--sample", "--n-samples", "0"], "--n-samples: must be a positive integer, got 0"),
+        (["--train", "--timesteps", "0"], "--timesteps: must be a positive integer, got 0"),
+        (["--train", "--beta-start", "0.01", "--beta-end", "0.001"], "must be larger than --beta-start"),
+        (["--train", "--beta-end", "1.5"], "--beta-end: must lie strictly between 0 and 1, got 1.5"),
+        (["--train", "--beta-start", "0"], "--beta-start: must lie strictly between 0 and 1, got 0"),
+        (["--train", "--lr", "-1"], "--lr: must be a positive number, got -1"),
+        (["--train", "--epochs", "two"], "invalid positive_int value: 'two'"),
+        (["--dataset", "cifar", "--train"], "invalid choice: 'cifar'"),
+        ([], "nothing to do"),
+        (["--gif", "x.gif", "--train"], "--gif needs --sample"),
+    ],
+)
+def test_nonsensical_numbers_are_refused(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    for action in cli.build_parser()._actions:
+        assert action.help, action.option_strings

@@ -1,0 +1,184 @@
+"""Tests of the training loop, evaluation, sampling and figures (utils.py)."""
+
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageSequence
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import utils
+from diffusion_model import DiffusionModel
+from unet import MyUNet
+
+
+def tiny_ddpm(timesteps: int = 10, seed: int = 0) -> DiffusionModel:
+    torch.manual_seed(seed)
+    return DiffusionModel(MyUNet(n_steps=timesteps, image_size=28), timesteps=timesteps)
+
+
+def tiny_loader(n: int = 12, batch_size: int = 4, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, 28, 28, generator=g) * 2 - 1
+    return DataLoader(TensorDataset(images, torch.zeros(n, dtype=torch.long)), batch_size=batch_size)
+
+
+def test_get_loss_is_mse():
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    b = torch.tensor([[1.0, 0.0], [3.0, 8.0]])
+    assert utils.get_loss(a, b).item() == pytest.approx((4 + 16) / 4)
+
+
+def test_evaluate_is_seeded_whatever_the_global_rng():
+    ddpm = tiny_ddpm()
+    loader = tiny_loader()
+    torch.manual_seed(123)
+    first = utils.evaluate(ddpm, loader, seed=5)
+    torch.manual_seed(456)
+    assert utils.evaluate(ddpm, loader, seed=5) == first
+    assert utils.evaluate(ddpm, loader, seed=6) != first
+    assert ddpm.training  # mode restored
+
+
+def test_evaluate_matches_hand_computed_mse():
+    """With a network that predicts zero noise, the loss is the mean of noise^2 over the draws."""
+
+    class Zero(nn.Module):
+        def forward(self, x, t):
+            return torch.zeros_like(x)
+
+    ddpm = DiffusionModel(Zero(), image_chw=(1, 28, 28), timesteps=10)
+    loader = tiny_loader(n=8, batch_size=8)
+    gen = torch.Generator().manual_seed(3)
+    torch.randint(0, 10, (8,), generator=gen)
+    noise = torch.randn(8, 1, 28, 28, generator=gen)
+    assert utils.evaluate(ddpm, loader, seed=3) == pytest.approx(noise.pow(2).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="empty loader"):
+        utils.evaluate(ddpm, DataLoader(TensorDataset(torch.zeros(0, 1, 28, 28)), batch_size=2))
+
+
+def test_training_loop_learns_and_keeps_best_by_validation(tmp_path, monkeypatch):
+    ddpm = tiny_ddpm()
+    optim = torch.optim.Adam(ddpm.parameters(), lr=1e-3)
+    val_losses = iter([0.5, 0.3, 0.4])
+    monkeypatch.setattr(utils, "evaluate", lambda *a, **k: next(val_losses))
+    saves = []
+    history = utils.training_loop(
+        ddpm, tiny_loader(), tiny_loader(), 3, optim, "cpu",
+        store_path=tmp_path / "best.pt",
+        save_fn=lambda path, hist: saves.append((path.name, len(hist["train_loss"]))),
+        loss_curve_path=tmp_path / "loss.png",
+    )
+    assert history["val_loss"] == [0.5, 0.3, 0.4]
+    assert len(history["train_loss"]) == 3 and all(np.isfinite(history["train_loss"]))
+    assert history["lr"] == [1e-3, 1e-3, 1e-3]
+    # best after epochs 1 and 2 (validation loss fell), not after 3; the last one every epoch
+    assert saves == [("best.pt", 1), ("best_last.pt", 1), ("best.pt", 2), ("best_last.pt", 2), ("best_last.pt", 3)]
+    assert imageio.imread(tmp_path / "loss.png").ndim == 3
+
+
+def test_training_loop_reduces_the_loss_and_steps_the_scheduler():
+    """On one fixed image the noise is learnable: 20 epochs bring the loss from ~1.0 to ~0.77."""
+    ddpm = tiny_ddpm()
+    square = -torch.ones(16, 1, 28, 28)
+    square[:, :, 8:20, 8:20] = 1
+    loader = DataLoader(TensorDataset(square, torch.zeros(16)), batch_size=16)
+    before = utils.evaluate(ddpm, loader)
+    optim = torch.optim.Adam(ddpm.parameters(), lr=5e-3)
+    sched = torch.optim.lr_scheduler.StepLR(optim, step_size=10, gamma=0.5)
+    history = utils.training_loop(ddpm, loader, loader, 20, optim, "cpu", scheduler=sched)
+    assert history["lr"] == [5e-3] * 10 + [2.5e-3] * 10
+    assert history["val_loss"][-1] < 0.85 * before
+    assert history["val_loss"][-1] == utils.evaluate(ddpm, loader)  # the same seeded evaluation
+    with pytest.raises(ValueError, match="n_epochs must be >= 1"):
+        utils.training_loop(ddpm, loader, loader, 0, optim, "cpu")
+
+
+@pytest.mark.parametrize("n, shape", [(1, (1, 1)), (4, (2, 2)), (5, (2, 3)), (10, (3, 4)), (100, (10, 10))])
+def test_grid_shape(n, shape):
+    assert utils.grid_shape(n) == shape
+
+
+def test_tile_pads_a_non_square_batch():
+    images = torch.full((5, 1, 3, 2), 1.0)
+    grid = utils.tile(images)
+    assert grid.shape == (2 * 3, 3 * 2, 1) and grid.dtype == np.uint8
+    assert (grid[:3, :] == 255).all()  # first row: three white images
+    assert (grid[3:, :4] == 255).all() and (grid[3:, 4:] == 0).all()  # then two and a black pad
+
+
+def test_display_modes():
+    images = torch.tensor([[-3.0, -1.0, 0.0, 1.0, 2.0]]).reshape(1, 1, 1, 5)
+    assert utils.to_uint8(images, "clamp").flatten().tolist() == [0, 0, 128, 255, 255]
+    assert utils.to_uint8(images, "minmax").flatten().tolist() == [0, 102, 153, 204, 255]
+    with pytest.raises(ValueError, match="display must be one of"):
+        utils.to_uint8(images, "sigmoid")
+
+
+def test_gif_frame_steps():
+    steps = utils.gif_frame_steps(1000, 100)
+    assert len(steps) == 100 and min(steps) == 0 and max(steps) == 999
+    assert utils.gif_frame_steps(10, 100) == set(range(10))
+    with pytest.raises(ValueError):
+        utils.gif_frame_steps(10, 0)
+
+
+def test_sample_gif_grid_and_determinism(tmp_path):
+    ddpm = tiny_ddpm(timesteps=12)
+    gif, grid = tmp_path / "s.gif", tmp_path / "s.png"
+    out = utils.sample(ddpm, 5, frames_per_gif=6, gif_name=gif, grid_path=grid, seed=1)
+    assert out.shape == (5, 1, 28, 28) and out.min() >= -1 and out.max() <= 1
+    frames, durations = read_gif(gif)
+    assert len(frames) == 6 and frames[0].shape == (2 * 28, 3 * 28)
+    # The last frame is held for 6 // 3 extra frame times (Pillow merges the
+    # repeated frames into one longer frame).
+    assert durations[:-1] == [50] * 5 and durations[-1] == 50 * (1 + 6 // 3)
+    assert np.array_equal(frames[-1], utils.tile(out)[:, :, 0])
+    png = imageio.imread(grid)
+    assert png.shape == (56, 84)
+    assert np.array_equal(png, utils.tile(out)[:, :, 0])  # the grid is the returned samples
+    again = utils.sample(ddpm, 5, frames_per_gif=6, gif_name=None, seed=1)
+    assert torch.equal(out, again)
+    assert not torch.equal(out, utils.sample(ddpm, 5, gif_name=None, seed=2))
+
+
+def read_gif(path: Path) -> tuple[list[np.ndarray], list[int]]:
+    """Frames (as grey arrays) and their display durations in milliseconds."""
+    frames, durations = [], []
+    with Image.open(path) as gif:
+        for frame in ImageSequence.Iterator(gif):
+            frames.append(np.array(frame.convert("L")))
+            durations.append(frame.info["duration"])
+    return frames, durations
+
+
+def test_sample_runs_algorithm_2_with_the_reverse_step(monkeypatch):
+    """sample() calls ddpm.step once per time step, from T-1 down to 0."""
+    ddpm = tiny_ddpm(timesteps=7)
+    calls = []
+    real_step = ddpm.step
+
+    def spy(x, t, **kw):
+        calls.append((t, kw["z"] is None))
+        return real_step(x, t, **kw)
+
+    monkeypatch.setattr(ddpm, "step", spy)
+    utils.sample(ddpm, 2, gif_name=None, seed=0)
+    assert calls == [(6, False), (5, False), (4, False), (3, False), (2, False), (1, False), (0, True)]
+    with pytest.raises(ValueError, match="n_samples must be >= 1"):
+        utils.sample(ddpm, 0, gif_name=None)
+
+
+def test_figures_are_written(tmp_path: Path):
+    ddpm = DiffusionModel(nn.Identity(), image_chw=(1, 28, 28))
+    utils.save_forward_process(ddpm, torch.zeros(2, 1, 28, 28), tmp_path / "fwd.png", steps=(0, 999, 5000))
+    utils.save_embedding_matrix(tmp_path / "pe.png")
+    utils.save_loss_curves(dict(train_loss=[1.0, 0.5], val_loss=[1.1, 0.6]), tmp_path / "loss.png")
+    for name in ("fwd.png", "pe.png", "loss.png"):
+        image = imageio.imread(tmp_path / name)
+        assert image.ndim == 3 and image.shape[0] > 100, name
+    with pytest.raises(ValueError, match="no step"):
+        utils.save_forward_process(ddpm, torch.zeros(1, 1, 28, 28), tmp_path / "x.png", steps=(1000,))
