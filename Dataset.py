@@ -90,7 +90,7 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_writable_dir(path: Path) -> bool:
+def is_writable_dir(path: Path) -> bool:
     """Whether ``path`` (or, if absent, its nearest existing ancestor) can be written to.
 
     Permission bits are honoured even for root, so a folder marked read-only
@@ -365,7 +365,7 @@ def prepare_persian_digits(
         if _has_png(folder):
             logger.info("using the extracted Persian digits in %s", folder)
             return folder
-    writable = [c for c in candidates if _is_writable_dir(c)]
+    writable = [c for c in candidates if is_writable_dir(c)]
     if not writable:
         raise DatasetError(
             f"cannot extract the Persian digits: {', '.join(map(str, candidates))} cannot be written "
@@ -430,7 +430,7 @@ def load_mnist(data_root: PathLike = DEFAULT_DATA_ROOT, download: bool = True) -
     if missing:
         if not download:
             raise DatasetError(f"MNIST files missing in {raw} ({', '.join(missing)}) and download is off: {how_to}")
-        if not _is_writable_dir(raw):
+        if not is_writable_dir(raw):
             raise DatasetError(
                 f"MNIST files missing in {raw} and that folder cannot be written "
                 f"(read-only, or a file is in the way): {how_to}"

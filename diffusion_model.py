@@ -79,6 +79,11 @@ class DiffusionModel(nn.Module):
         self.register_buffer("betas", betas.float())
         self.register_buffer("alphas", alphas.float())
         self.register_buffer("alpha_bars", alpha_bars.float())
+        # sqrt(abar_t) and sqrt(1 - abar_t) of Eq. 4, taken in float64: 1 - abar_t is
+        # about 1e-4 at t = 0 and loses most of its digits when formed in float32.
+        # Derived from the schedule, so not saved in state_dict (persistent=False).
+        self.register_buffer("sqrt_alpha_bars", alpha_bars.sqrt().float(), persistent=False)
+        self.register_buffer("sqrt_one_minus_alpha_bars", (1.0 - alpha_bars).sqrt().float(), persistent=False)
         if device is not None:
             self.to(device)
 
@@ -112,8 +117,9 @@ class DiffusionModel(nn.Module):
             noise = torch.randn_like(x_0)
         elif noise.shape != x_0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} differs from x_0 shape {tuple(x_0.shape)}")
-        a_bar = _per_sample(self.alpha_bars, t, x_0.dim())
-        return a_bar.sqrt() * x_0 + (1.0 - a_bar).sqrt() * noise, noise
+        mean_coef = _per_sample(self.sqrt_alpha_bars, t, x_0.dim())
+        std = _per_sample(self.sqrt_one_minus_alpha_bars, t, x_0.dim())
+        return mean_coef * x_0 + std * noise, noise
 
     def backward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """The network's noise prediction eps_theta(x_t, t) (Eq. 8).
@@ -136,6 +142,18 @@ class DiffusionModel(nn.Module):
         eta_theta = self.backward(noisy, t)
         return noisy, noise, eta_theta
 
+    def _predict(self, x_t: torch.Tensor, t: int, eta_theta: torch.Tensor | None) -> torch.Tensor:
+        """eps_theta(x_t, t) for one 0-based step shared by the batch, unless already given."""
+        if not 0 <= t < self.timesteps:
+            raise ValueError(f"time step {t} outside 0..{self.timesteps - 1}")
+        if eta_theta is not None:
+            return eta_theta
+        return self.backward(x_t, torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long))
+
+    def predict_x0(self, x_t: torch.Tensor, t: int, eta_theta: torch.Tensor) -> torch.Tensor:
+        """The x_0 implied by a noise prediction: Eq. 4 solved for x_0."""
+        return (x_t - self.sqrt_one_minus_alpha_bars[t] * eta_theta) / self.sqrt_alpha_bars[t]
+
     def step(
         self,
         x_t: torch.Tensor,
@@ -155,18 +173,45 @@ class DiffusionModel(nn.Module):
             eta_theta: the network's prediction at (x_t, t); computed when None.
             z: the noise to add (for tests); drawn when None and t > 0.
         """
-        if not 0 <= t < self.timesteps:
-            raise ValueError(f"time step {t} outside 0..{self.timesteps - 1}")
-        if eta_theta is None:
-            t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-            eta_theta = self.backward(x_t, t_batch)
-        alpha_t, beta_t, a_bar_t = self.alphas[t], self.betas[t], self.alpha_bars[t]
+        eta_theta = self._predict(x_t, t, eta_theta)
+        alpha_t, beta_t = self.alphas[t], self.betas[t]
         # Algorithm 2 writes (1 - alpha_t) / sqrt(1 - alpha_t); Eq. 7 has the correct
         # beta_t / sqrt(1 - alpha_bar_t), which is what the paper's own listing computes.
-        mean = (x_t - beta_t / (1.0 - a_bar_t).sqrt() * eta_theta) / alpha_t.sqrt()
-        x0_pred = (x_t - (1.0 - a_bar_t).sqrt() * eta_theta) / a_bar_t.sqrt()  # Eq. 4 solved for x_0
+        mean = (x_t - beta_t / self.sqrt_one_minus_alpha_bars[t] * eta_theta) / alpha_t.sqrt()
+        x0_pred = self.predict_x0(x_t, t, eta_theta)
         if t == 0:
             return ReverseStep(mean, x0_pred)
         if z is None:
             z = torch.randn_like(x_t)
         return ReverseStep(mean + beta_t.sqrt() * z, x0_pred)  # sigma_t = sqrt(beta_t)
+
+    def ddim_step(
+        self,
+        x_t: torch.Tensor,
+        t: int,
+        t_prev: int,
+        eta_theta: torch.Tensor | None = None,
+        eta: float = 0.0,
+        z: torch.Tensor | None = None,
+    ) -> ReverseStep:
+        """One DDIM step from 0-based step ``t`` to ``t_prev < t`` (Song et al., 2021, Eq. 12).
+
+        ``x_prev = sqrt(abar_prev) x0_pred + sqrt(1 - abar_prev - sigma^2) eps_theta + sigma z`` with
+        ``sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)``.
+        ``t_prev = -1`` means the clean image (abar = 1). ``eta = 0`` is deterministic;
+        ``eta = 1`` with every step (``t_prev = t - 1``) is DDPM with the posterior
+        variance beta-tilde. The same trained network serves: no retraining.
+        """
+        if not -1 <= t_prev < t:
+            raise ValueError(f"DDIM needs -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        eta_theta = self._predict(x_t, t, eta_theta)
+        a_bar_t = self.alpha_bars[t]
+        a_bar_prev = self.alpha_bars[t_prev] if t_prev >= 0 else torch.ones_like(a_bar_t)
+        x0_pred = self.predict_x0(x_t, t, eta_theta)
+        sigma = eta * ((1 - a_bar_prev) / (1 - a_bar_t) * (1 - a_bar_t / a_bar_prev)).sqrt()
+        x_prev = a_bar_prev.sqrt() * x0_pred + (1 - a_bar_prev - sigma**2).clamp_min(0).sqrt() * eta_theta
+        if eta > 0 and t_prev >= 0:  # sigma > 0
+            x_prev = x_prev + sigma * (torch.randn_like(x_t) if z is None else z)
+        return ReverseStep(x_prev, x0_pred)

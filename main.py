@@ -23,13 +23,16 @@ from torch.optim.lr_scheduler import StepLR
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from checkpoint import CheckpointError, load_checkpoint, model_config, save_checkpoint
-from Dataset import DATASETS, IMAGE_SIZES, DatasetError, get_data_loaders, save_dataset_samples
+from Dataset import DATASETS, IMAGE_SIZES, DatasetError, get_data_loaders, is_writable_dir, save_dataset_samples
 from diffusion_model import DiffusionModel
+from quality import format_table, judge_outputs, load_or_train_judge, score
 from unet import ARCHITECTURES, MyUNet
 from utils import (
     DISPLAY_MODES,
+    SAMPLERS,
     resolve_device,
     sample,
+    sampling_steps,
     save_embedding_matrix,
     save_forward_process,
     training_loop,
@@ -63,6 +66,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def open_unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -80,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_argument_group("what to do (combine freely; at least one)")
     what.add_argument("--train", action="store_true", help="train a model and save checkpoints in --out-dir")
     what.add_argument("--sample", action="store_true", help="generate --n-samples images from --checkpoint")
+    what.add_argument("--evaluate", action="store_true",
+                      help="score --n-samples generated images from --checkpoint with the offline judge "
+                           "(Frechet distance, classifier score, class histogram, saturation); saves JSON")
     what.add_argument("--figures", action="store_true",
                       help="draw the paper's figures: dataset samples (Fig. 2/5), forward process (Fig. 7/8), "
                            "positional-encoding matrix (Fig. 9)")
@@ -120,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--n-samples", type=positive_int, default=16, help="images to generate")
     samp.add_argument("--gif", default=None, help="also write the reverse process as a GIF to this path")
     samp.add_argument("--frames-per-gif", type=positive_int, default=100, help="frames of the GIF before the hold")
+    samp.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                      help="'ddpm' is Algorithm 2 (every step); 'ddim' is Song et al. (2021), fewer steps")
+    samp.add_argument("--sample-steps", type=positive_int, default=None,
+                      help="DDIM: number of evenly spaced steps (default 50); DDPM always uses all T")
+    samp.add_argument("--eta", type=non_negative_float, default=0.0,
+                      help="DDIM noise scale: 0 is deterministic, 1 is DDPM-like")
+    samp.add_argument("--judge-dir", default=None,
+                      help="where the judge classifier of --evaluate is cached "
+                           "(default: DATA_ROOT/judges, or ./data/judges when DATA_ROOT is read-only)")
     samp.add_argument("--display", choices=DISPLAY_MODES, default="clamp",
                       help="how images are drawn: 'clamp' shows the real output in [-1, 1]; "
                            "'minmax' stretches each image to its own range as the paper does")
@@ -136,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.train or args.sample or args.figures):
-        parser.error("nothing to do: give --train, --sample and/or --figures")
+    if not (args.train or args.sample or args.figures or args.evaluate):
+        parser.error("nothing to do: give --train, --sample, --evaluate and/or --figures")
     if args.timesteps > 1 and args.beta_end <= args.beta_start:
         parser.error(f"--beta-end ({args.beta_end}) must be larger than --beta-start ({args.beta_start})")
     if args.gif is not None and not args.sample:
@@ -186,31 +208,89 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
     log.info("Best checkpoint: %s; loss curves: %s", checkpoint, out_dir / f"loss_curves_{args.dataset}.png")
 
 
-def load_data(args: argparse.Namespace, device: torch.device):
-    return get_data_loaders(args.dataset, args.batch_size, args.data_root, seed=args.seed,
+def load_data(args: argparse.Namespace, device: torch.device, dataset: str | None = None):
+    """Train and validation loaders of ``dataset`` (default: --dataset) with the CLI's data options."""
+    return get_data_loaders(dataset or args.dataset, args.batch_size, args.data_root, seed=args.seed,
                             num_workers=args.num_workers, device=device, persian_zip=args.persian_zip,
                             extract_dir=args.extract_dir, skip_bad_files=args.skip_bad_files)
 
 
-def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
-    """Rebuild the model from its checkpoint and run Algorithm 2 (Figure 14)."""
+def open_checkpoint(checkpoint: Path, device: torch.device) -> tuple[DiffusionModel, dict[str, Any]]:
+    """Load a checkpoint; a missing one is a usage error that says how to train one."""
     try:
-        ddpm, ckpt = load_checkpoint(checkpoint, device)
+        return load_checkpoint(checkpoint, device)
     except CheckpointError as exc:
         if not checkpoint.exists():
             raise UsageError(f"{exc}; train one first: python main.py --dataset mnist --train "
                              f"(or pass --checkpoint PATH)") from exc
         raise
+
+
+def sampler_options(args: argparse.Namespace, ddpm: DiffusionModel) -> dict[str, Any]:
+    """``sample()``'s sampler arguments; DDIM defaults to 50 steps (or T, when smaller)."""
+    steps = args.sample_steps
+    if steps is None and args.sampler == "ddim":
+        steps = min(50, ddpm.timesteps)
+    try:
+        sampling_steps(ddpm.timesteps, args.sampler, steps)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return dict(sampler=args.sampler, sample_steps=steps, eta=args.eta)
+
+
+def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
+    """Rebuild the model from its checkpoint and sample: Algorithm 2 (Figure 14) or DDIM."""
+    ddpm, ckpt = open_checkpoint(checkpoint, device)
+    options = sampler_options(args, ddpm)
     dataset = ckpt["config"]["dataset"]
     grid_path = ensure_writable(out_dir / f"samples_{dataset}.png")
     gif = ensure_writable(Path(args.gif)) if args.gif else None
-    log.info("Sampling %d images from %s (%s, T=%d) on %s", args.n_samples, checkpoint, dataset,
-             ddpm.timesteps, device)
+    log.info("Sampling %d images from %s (%s, T=%d, %s) on %s", args.n_samples, checkpoint, dataset,
+             ddpm.timesteps, args.sampler, device)
     start = time.perf_counter()
     sample(ddpm, args.n_samples, device, frames_per_gif=args.frames_per_gif, gif_name=gif,
-           grid_path=grid_path, seed=args.seed, display=args.display)
+           grid_path=grid_path, seed=args.seed, display=args.display, **options)
     log.info("Sampled in %.1fs: grid %s%s", time.perf_counter() - start, grid_path,
              f", GIF {gif}" if gif else "")
+
+
+def judge_cache(args: argparse.Namespace, dataset: str) -> Path:
+    """Where the judge classifier is cached: --judge-dir, else beside the data, else ./data/judges."""
+    if args.judge_dir:
+        return Path(args.judge_dir) / f"judge_{dataset}.pt"
+    beside_data = Path(args.data_root) / "judges"
+    folder = beside_data if is_writable_dir(beside_data) else Path("data") / "judges"
+    return folder / f"judge_{dataset}.pt"
+
+
+def evaluate_quality(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
+    """Score --n-samples generated images with the offline judge; print the table, save it as JSON."""
+    ddpm, ckpt = open_checkpoint(checkpoint, device)
+    options = sampler_options(args, ddpm)
+    dataset = ckpt["config"]["dataset"]
+    steps = len(sampling_steps(ddpm.timesteps, options["sampler"], options["sample_steps"]))
+    report_path = ensure_writable(out_dir / f"quality_{dataset}_{args.sampler}{steps}.json")
+    train_loader, val_loader = load_data(args, device, dataset)
+    judge, judge_accuracy = load_or_train_judge(judge_cache(args, dataset), train_loader, val_loader, device)
+    val_features, _ = judge_outputs(judge, val_loader, device)
+    n = args.n_samples
+    if n > len(train_loader.dataset):
+        raise UsageError(f"--n-samples {n} is more than the {len(train_loader.dataset)} training images")
+    real = torch.stack([train_loader.dataset[i][0] for i in range(n)])
+    start = time.perf_counter()
+    samples = sample(ddpm, n, device, gif_name=None, seed=args.seed, **options)
+    seconds = time.perf_counter() - start
+    rows = {
+        f"generated ({args.sampler}, {steps} steps)": score(judge, samples, val_features, device),
+        "real training images (floor)": score(judge, real, val_features, device),
+    }
+    log.info("Quality of %s (%s), %d samples drawn in %.1fs:\n%s", checkpoint, dataset, n, seconds,
+             format_table(rows, judge_accuracy))
+    report = dict(checkpoint=str(checkpoint), dataset=dataset, arch=ckpt["config"]["network"]["arch"],
+                  sampler=options, steps=steps, seed=args.seed, sampling_seconds=seconds,
+                  judge_accuracy=judge_accuracy, rows=rows)
+    report_path.write_text(json.dumps(report, indent=2))
+    log.info("Saved %s", report_path)
 
 
 def draw_figures(args: argparse.Namespace, device: torch.device, out_dir: Path) -> None:
@@ -246,6 +326,8 @@ def run(args: argparse.Namespace) -> None:
         train(args, device, checkpoint, out_dir)
     if args.sample:
         sample_images(args, device, checkpoint, out_dir)
+    if args.evaluate:
+        evaluate_quality(args, device, checkpoint, out_dir)
 
 
 def one_line(exc: Exception) -> str:

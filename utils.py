@@ -29,6 +29,7 @@ from unet import sinusoidal_embedding
 log = logging.getLogger(__name__)
 
 DISPLAY_MODES = ("clamp", "minmax")
+SAMPLERS = ("ddpm", "ddim")
 
 
 def get_loss(noise: torch.Tensor, noise_pred: torch.Tensor) -> torch.Tensor:
@@ -218,6 +219,27 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, display: str = "cla
     imageio.imwrite(path, tile(images, display)[:, :, 0], format="PNG")
 
 
+def sampling_steps(timesteps: int, sampler: str = "ddpm", sample_steps: int | None = None) -> list[int]:
+    """The 0-based time steps a sampler visits, from noisiest to cleanest.
+
+    ``ddpm`` (Algorithm 2) visits every step T-1..0. ``ddim`` visits
+    ``sample_steps`` steps evenly spaced over 0..T-1, always including T-1 and 0.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sample_steps is None:
+        sample_steps = timesteps
+    if not 1 <= sample_steps <= timesteps:
+        raise ValueError(f"sample_steps must lie in 1..{timesteps}, got {sample_steps}")
+    if sampler == "ddpm":
+        if sample_steps != timesteps:
+            raise ValueError("the DDPM sampler (Algorithm 2) visits every time step: use the DDIM sampler to skip")
+        return list(range(timesteps - 1, -1, -1))
+    if sample_steps == 1:
+        return [timesteps - 1]
+    return np.linspace(timesteps - 1, 0, sample_steps).round().astype(int).tolist()
+
+
 def sample(
     ddpm: DiffusionModel,
     n_samples: int = 16,
@@ -228,15 +250,22 @@ def sample(
     *,
     seed: int | None = None,
     display: str = "clamp",
+    sampler: str = "ddpm",
+    sample_steps: int | None = None,
+    eta: float = 0.0,
 ) -> torch.Tensor:
-    """Generate ``n_samples`` images with Algorithm 2 (Figure 14) and return them in [-1, 1].
+    """Generate ``n_samples`` images and return them clamped to [-1, 1] (Figure 14).
 
-    Starts from x_T ~ N(0, I) with the shape ``ddpm.image_chw`` and applies
-    ``ddpm.step`` for t = T-1 .. 0 (0-based). With ``gif_name``, ``frames_per_gif``
-    frames spread across the process are tiled into a grid and written as a GIF
-    whose last frame is held for ``frames_per_gif // 3`` extra frames (the
-    listing's hold sits outside its loop and never runs as meant: fixed).
-    With ``grid_path``, the final grid is saved as a PNG.
+    ``sampler="ddpm"`` is Algorithm 2: x_T ~ N(0, I) with the shape
+    ``ddpm.image_chw``, then ``ddpm.step`` for t = T-1 .. 0 (0-based).
+    ``sampler="ddim"`` uses ``ddpm.ddim_step`` over ``sample_steps`` evenly
+    spaced steps with noise scale ``eta`` (0: deterministic).
+
+    With ``gif_name``, ``frames_per_gif`` frames spread across the process are
+    tiled into a grid and written as a GIF whose last frame is held for a
+    third as many extra frames (the listing's hold sits outside its
+    loop and never runs as meant: fixed). With ``grid_path``, the final grid is
+    saved as a PNG.
 
     ``seed`` makes the result reproducible (a private generator draws x_T and
     every z; the global random state is untouched). ``display`` picks how frames
@@ -245,31 +274,39 @@ def sample(
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    steps = sampling_steps(ddpm.timesteps, sampler, sample_steps)
     device = torch.device(device) if device is not None else ddpm.device
     gen = torch.Generator(device=device)
     if seed is None:
         gen.seed()
     else:
         gen.manual_seed(seed)
-    frame_steps = gif_frame_steps(ddpm.timesteps, frames_per_gif) if gif_name is not None else set()
+    frame_steps = gif_frame_steps(len(steps), frames_per_gif) if gif_name is not None else set()
     frames: list[np.ndarray] = []
     shape = (n_samples, *ddpm.image_chw)
+
+    def noise() -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device=device)
 
     was_training = ddpm.training
     ddpm.eval()
     with torch.no_grad():
-        x = torch.randn(shape, generator=gen, device=device)  # x_T ~ N(0, I)
+        x = noise()  # x_T ~ N(0, I)
         t_batch = torch.empty(n_samples, dtype=torch.long, device=device)
-        for idx, t in enumerate(tqdm(range(ddpm.timesteps - 1, -1, -1), desc="Sampling", leave=False)):
+        for idx, t in enumerate(tqdm(steps, desc=f"Sampling ({sampler})", leave=False)):
             eta_theta = ddpm.backward(x, t_batch.fill_(t))
-            z = torch.randn(shape, generator=gen, device=device) if t > 0 else None
-            x = ddpm.step(x, t, eta_theta=eta_theta, z=z).x_prev
+            if sampler == "ddpm":
+                x = ddpm.step(x, t, eta_theta=eta_theta, z=noise() if t > 0 else None).x_prev
+            else:
+                t_prev = steps[idx + 1] if idx + 1 < len(steps) else -1
+                z = noise() if eta > 0 and t_prev >= 0 else None
+                x = ddpm.ddim_step(x, t, t_prev, eta_theta=eta_theta, eta=eta, z=z).x_prev
             if idx in frame_steps:
                 frames.append(tile(x, display))
     ddpm.train(was_training)
 
     if gif_name is not None:
-        save_gif(frames, gif_name, hold=frames_per_gif // 3)
+        save_gif(frames, gif_name, hold=len(frames) // 3)
     if grid_path is not None:
         save_grid(x, grid_path, display)
     return x.clamp(-1, 1)

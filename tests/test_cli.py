@@ -132,3 +132,24 @@ def test_nonsensical_numbers_are_refused(args, message, capsys):
 def test_every_option_has_help():
     for action in cli.build_parser()._actions:
         assert action.help, action.option_strings
+
+
+def test_ddim_sampling_and_evaluate(trained):
+    work, _ = trained
+    ddim = run_cli("--sample", "--sampler", "ddim", "--sample-steps", "5", "--n-samples", "4", "--gif", "ddim.gif",
+                   cwd=work)
+    assert ddim.returncode == 0, ddim.stderr
+    frames, _ = gif_frames(work / "ddim.gif")
+    assert len(frames) == 5  # one frame per DDIM step
+    result = run_cli("--evaluate", "--sampler", "ddim", "--sample-steps", "4", "--n-samples", "6",
+                     "--data-root", "data", "--device", "cpu", cwd=work)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((work / "runs" / "quality_mnist_ddim4.json").read_text())
+    assert report["steps"] == 4 and report["arch"] == "paper"
+    assert set(report["rows"]) == {"generated (ddim, 4 steps)", "real training images (floor)"}
+    for row in report["rows"].values():
+        assert row["n"] == 6 and sum(row["class_histogram"]) == 6 and row["frechet_distance"] >= 0
+    assert (work / "data" / "judges" / "judge_mnist.pt").is_file()  # cached beside the data
+    assert "judge accuracy on the validation set" in result.stderr
+    too_many = run_cli("--sample", "--sampler", "ddpm", "--sample-steps", "5", cwd=work)
+    assert too_many.returncode == 1 and "use the DDIM sampler to skip" in too_many.stderr

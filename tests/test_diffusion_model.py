@@ -22,6 +22,11 @@ def make_ddpm(**kwargs) -> DiffusionModel:
     return DiffusionModel(ZeroNet(), image_chw=(1, 4, 4), **kwargs)
 
 
+# float64 reference of the paper's schedule (Listing 1, Eq. 1 and 5), independent of the module.
+BETAS64 = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+ALPHA_BARS64 = torch.cumprod(1 - BETAS64, dim=0)
+
+
 def test_schedule_matches_the_paper():
     ddpm = make_ddpm()
     assert ddpm.betas.shape == (1000,)
@@ -45,6 +50,8 @@ def test_schedule_is_registered_buffers():
     for name in ("betas", "alphas", "alpha_bars"):
         assert name in state
         assert name in dict(ddpm.named_buffers())
+    for name in ("sqrt_alpha_bars", "sqrt_one_minus_alpha_bars"):  # derived: moved by .to(), not saved
+        assert name in dict(ddpm.named_buffers()) and name not in state
     assert ddpm.image_chw == (1, 28, 28)  # taken from the network, not hard-coded
     assert ddpm.device == torch.device("cpu")
 
@@ -72,9 +79,9 @@ def test_add_noise_is_eq4_per_sample():
     x_t, returned = ddpm.add_noise(x0, t, noise)
     assert returned is noise
     for i, ti in enumerate(t.tolist()):
-        a_bar = ddpm.alpha_bars[ti]
-        expected = a_bar.sqrt() * x0[i] + (1 - a_bar).sqrt() * noise[i]
-        assert torch.allclose(x_t[i], expected)
+        a_bar = ALPHA_BARS64[ti]
+        expected = a_bar.sqrt() * x0[i].double() + (1 - a_bar).sqrt() * noise[i].double()
+        assert torch.allclose(x_t[i].double(), expected, atol=1e-6)
     # (N, 1) time steps as the paper passes them give the same result.
     x_t2, _ = ddpm.add_noise(x0, t.reshape(3, 1), noise)
     assert torch.equal(x_t, x_t2)
@@ -151,8 +158,8 @@ def test_reverse_step_at_zero_adds_no_noise():
     torch.manual_seed(1)
     b = ddpm.step(x_1, 0, eta_theta=eps).x_prev
     assert torch.equal(a, b)  # no randomness at t = 0
-    mean = (x_1 - ddpm.betas[0] / (1 - ddpm.alpha_bars[0]).sqrt() * eps) / ddpm.alphas[0].sqrt()
-    assert torch.allclose(a, mean)
+    mean = (x_1.double() - BETAS64[0] / (1 - ALPHA_BARS64[0]).sqrt() * eps.double()) / (1 - BETAS64[0]).sqrt()
+    assert torch.allclose(a.double(), mean, atol=1e-5)
     # And at t > 0 the step does add noise: two seeds differ.
     torch.manual_seed(0)
     c = ddpm.step(x_1, 1, eta_theta=eps).x_prev
@@ -174,3 +181,42 @@ def test_reverse_step_calls_the_network_with_its_time_step():
     assert torch.equal(seen[0], torch.tensor([7, 7, 7]))
     with pytest.raises(ValueError, match="outside 0..9"):
         ddpm.step(torch.zeros(3, 1, 4, 4), 10)
+
+
+def test_ddim_with_eta_one_and_every_step_is_ddpm_with_posterior_variance():
+    ddpm = make_ddpm()
+    g = torch.Generator().manual_seed(2)
+    x_t, eps, z = (torch.randn(2, 1, 4, 4, generator=g) for _ in range(3))
+    t = 487
+    ddim = ddpm.ddim_step(x_t, t, t - 1, eta_theta=eps, eta=1.0, z=z).x_prev
+    mean = ddpm.step(x_t, t, eta_theta=eps, z=torch.zeros_like(z)).x_prev  # Eq. 7
+    beta_tilde = (1 - ddpm.alpha_bars[t - 1]) / (1 - ddpm.alpha_bars[t]) * ddpm.betas[t]
+    assert torch.allclose(ddim, mean + beta_tilde.sqrt() * z, atol=1e-5)
+    # The posterior variance vanishes at the last step (the paper's t = 1): no noise into x_0.
+    last = ddpm.ddim_step(x_t, 0, -1, eta_theta=eps, eta=1.0, z=z).x_prev
+    assert torch.allclose(last, ddpm.step(x_t, 0, eta_theta=eps).x_prev, atol=1e-5)
+
+
+def test_ddim_with_eta_zero_is_deterministic_and_exact_for_the_true_noise():
+    """If eps_theta is the noise that made x_t, DDIM lands on Eq. 4 at t_prev with that noise."""
+    ddpm = make_ddpm()
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    eps = torch.randn(2, 1, 4, 4, generator=g)
+    x_t, _ = ddpm.add_noise(x0, torch.tensor([900, 900]), eps)
+    out = ddpm.ddim_step(x_t, 900, 450, eta_theta=eps, eta=0.0, z=torch.randn(2, 1, 4, 4))
+    expected, _ = ddpm.add_noise(x0, torch.tensor([450, 450]), eps)
+    assert torch.allclose(out.x_prev, expected, atol=1e-4)
+    assert torch.allclose(out.x0_pred, x0, atol=1e-3)
+    assert torch.allclose(ddpm.ddim_step(x_t, 900, -1, eta_theta=eps).x_prev, x0, atol=1e-3)
+
+
+def test_ddim_refuses_bad_steps():
+    ddpm = make_ddpm()
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="t_prev < t"):
+        ddpm.ddim_step(x, 10, 10)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        ddpm.ddim_step(x, 10, 5, eta=-0.5)
+    with pytest.raises(ValueError, match="outside 0..999"):
+        ddpm.ddim_step(x, 1000, 5)

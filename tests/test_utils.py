@@ -182,3 +182,38 @@ def test_figures_are_written(tmp_path: Path):
         assert image.ndim == 3 and image.shape[0] > 100, name
     with pytest.raises(ValueError, match="no step"):
         utils.save_forward_process(ddpm, torch.zeros(1, 1, 28, 28), tmp_path / "x.png", steps=(1000,))
+
+
+def test_sampling_steps():
+    assert utils.sampling_steps(5) == [4, 3, 2, 1, 0]
+    ddim = utils.sampling_steps(1000, "ddim", 50)
+    assert len(ddim) == len(set(ddim)) == 50 and ddim[0] == 999 and ddim[-1] == 0
+    assert ddim == sorted(ddim, reverse=True)
+    assert utils.sampling_steps(1000, "ddim", 1) == [999]
+    with pytest.raises(ValueError, match="use the DDIM sampler to skip"):
+        utils.sampling_steps(1000, "ddpm", 50)
+    with pytest.raises(ValueError, match=r"sample_steps must lie in 1..1000"):
+        utils.sampling_steps(1000, "ddim", 1001)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        utils.sampling_steps(1000, "euler", 10)
+
+
+def test_sample_with_ddim(tmp_path, monkeypatch):
+    ddpm = tiny_ddpm(timesteps=20)
+    calls = []
+    real = ddpm.ddim_step
+
+    def spy(x, t, t_prev, **kw):
+        calls.append((t, t_prev, kw["z"] is None))
+        return real(x, t, t_prev, **kw)
+
+    monkeypatch.setattr(ddpm, "ddim_step", spy)
+    gif = tmp_path / "ddim.gif"
+    out = utils.sample(ddpm, 3, gif_name=gif, frames_per_gif=100, seed=0, sampler="ddim", sample_steps=4, eta=0.0)
+    assert calls == [(19, 13, True), (13, 6, True), (6, 0, True), (0, -1, True)]
+    frames, durations = read_gif(gif)
+    assert len(frames) == 4 and durations[-1] == durations[0] * (1 + 4 // 3)  # as many frames as steps
+    calls.clear()
+    noisy = utils.sample(ddpm, 3, gif_name=None, seed=0, sampler="ddim", sample_steps=4, eta=1.0)
+    assert [c[2] for c in calls] == [False, False, False, True]  # noise except into x_0
+    assert not torch.equal(out, noisy)

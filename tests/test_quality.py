@@ -1,0 +1,82 @@
+"""Tests of the offline quality score (quality.py)."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import quality
+
+
+def test_frechet_distance_of_known_gaussians():
+    torch.manual_seed(0)
+    a = torch.randn(20000, 3, dtype=torch.float64)
+    assert quality.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # Same covariance, means 2 apart along one axis: distance |mu_a - mu_b|^2 = 4.
+    assert quality.frechet_distance(a, a + torch.tensor([2.0, 0, 0], dtype=torch.float64)) == pytest.approx(4.0)
+    # Diagonal covariances: sum (sqrt(var_a) - sqrt(var_b))^2 = (1 - 3)^2 = 4 for std 1 vs std 3 on one axis.
+    scaled = a * torch.tensor([3.0, 1.0, 1.0], dtype=torch.float64)
+    assert quality.frechet_distance(a, scaled) == pytest.approx(4.0, rel=0.03)
+    with pytest.raises(ValueError, match="at least 2"):
+        quality.frechet_distance(a[:1], a)
+
+
+def test_classifier_score_bounds():
+    confident_all_classes = torch.eye(10).repeat(3, 1)
+    assert quality.classifier_score(confident_all_classes) == pytest.approx(10.0, rel=1e-6)
+    one_class = torch.zeros(30, 10)
+    one_class[:, 4] = 1
+    assert quality.classifier_score(one_class) == pytest.approx(1.0)
+    unsure = torch.full((30, 10), 0.1)
+    assert quality.classifier_score(unsure) == pytest.approx(1.0)
+    two_classes = torch.eye(10)[[0, 1] * 5]
+    assert quality.classifier_score(two_classes) == pytest.approx(2.0, rel=1e-6)
+
+
+def test_class_histogram():
+    probs = torch.eye(10)[[3, 3, 7, 0]]
+    assert quality.class_histogram(probs) == [1, 0, 0, 2, 0, 0, 0, 1, 0, 0]
+
+
+def test_saturation():
+    black = -torch.ones(1, 1, 10, 10)
+    white = torch.ones(1, 1, 10, 10)
+    digit = black.clone()
+    digit[..., 2:8, 4:6] = 1  # 12% of pixels lit
+    images = torch.cat([black, white, digit, digit])
+    assert quality.saturation(images) == dict(mostly_white=0.25, blank=0.25)
+    assert quality.saturation(white * 5) == dict(mostly_white=1.0, blank=0.0)  # clamped first
+
+
+def test_judge_learns_and_is_cached(tmp_path):
+    """A judge trained on two easy classes separates them; the cache is reused, not retrained."""
+    torch.manual_seed(0)
+    images = -torch.ones(64, 1, 28, 28)
+    labels = torch.arange(64) % 2
+    images[labels == 1, :, 10:18, 10:18] = 1  # class 1: a white square
+    loader = DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True)
+    path = tmp_path / "judges" / "judge_mnist.pt"
+    judge, acc = quality.load_or_train_judge(path, loader, loader, "cpu", epochs=8)
+    assert acc == 1.0 and path.is_file()
+    feats, probs = quality.judge_outputs(judge, images, "cpu", batch_size=10)
+    assert feats.shape == (64, 128) and probs.shape == (64, 10)
+    assert torch.allclose(probs.sum(1), torch.ones(64, dtype=torch.float64))
+    cached, cached_acc = quality.load_or_train_judge(path, None, None, "cpu")  # no loaders needed
+    assert cached_acc == acc
+    assert torch.allclose(quality.judge_outputs(cached, images, "cpu")[1], probs, atol=1e-6)
+    report = quality.score(judge, images, feats, "cpu")
+    assert report["n"] == 64 and report["frechet_distance"] == pytest.approx(0.0, abs=1e-3)
+    assert report["class_histogram"][:2] == [32, 32] and math.isclose(report["classifier_score"], 2.0, rel_tol=0.05)
+    table = quality.format_table({"real": report}, acc)
+    assert "judge accuracy on the validation set: 1.0000" in table and "32 32 0 0" in table
+
+
+def test_broken_judge_cache_is_retrained(tmp_path, caplog):
+    path = tmp_path / "judge.pt"
+    path.write_bytes(b"garbage")
+    images = -torch.ones(8, 1, 28, 28)
+    loader = DataLoader(TensorDataset(images, torch.zeros(8, dtype=torch.long)), batch_size=8)
+    quality.load_or_train_judge(path, loader, loader, "cpu")
+    assert "ignoring the judge cache" in caplog.text
+    assert torch.load(path, weights_only=True)["format"] == quality.JUDGE_FORMAT
