@@ -26,7 +26,7 @@ from urllib.error import URLError
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, random_split
 from torchvision import datasets
 from torchvision.transforms import Compose, Lambda, Resize, ToTensor
 
@@ -518,6 +518,8 @@ def get_data_loaders(
     extract_dir: Optional[PathLike] = None,
     download: bool = True,
     skip_bad_files: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[DataLoader, DataLoader]:
     """Return ``(train_loader, val_loader)`` for ``"mnist"`` (Figure 1) or ``"persian"`` (Figures 3-4).
 
@@ -530,6 +532,9 @@ def get_data_loaders(
     digits: see ``prepare_persian_digits`` for where the zip is looked for and
     extracted (``<data_root>/persian_digits``, or ``./data/persian_digits`` when
     the data root is read-only, unless ``extract_dir`` is given).
+    With ``world_size > 1`` (torchrun) each loader reads this ``rank``'s shard
+    through a ``DistributedSampler`` (the training one shuffled from ``seed``;
+    call ``set_epoch`` each epoch), and ``batch_size`` is per process.
     Raises ``ValueError`` for bad arguments and ``DatasetError`` for data problems.
     """
     name = _check_dataset_name(dataset)
@@ -554,8 +559,15 @@ def get_data_loaders(
     workers = default_num_workers(device) if num_workers is None else num_workers
     pin = (device.type == "cuda" and torch.cuda.is_available()) if pin_memory is None else bool(pin_memory)
     options = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
-    train_loader = DataLoader(train, shuffle=True, generator=torch.Generator().manual_seed(seed), **options)
-    val_loader = DataLoader(val, shuffle=False, **options)
+    generator = torch.Generator().manual_seed(seed)
+    if world_size > 1:
+        train_sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        val_sampler = DistributedSampler(val, num_replicas=world_size, rank=rank, shuffle=False)
+        train_loader = DataLoader(train, sampler=train_sampler, generator=generator, **options)
+        val_loader = DataLoader(val, sampler=val_sampler, **options)
+    else:
+        train_loader = DataLoader(train, shuffle=True, generator=generator, **options)
+        val_loader = DataLoader(val, shuffle=False, **options)
     return train_loader, val_loader
 
 

@@ -12,24 +12,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import signal
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import StepLR
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+import distributed
 from checkpoint import CheckpointError, load_checkpoint, model_config, save_checkpoint
 from Dataset import DATASETS, IMAGE_SIZES, DatasetError, get_data_loaders, is_writable_dir, save_dataset_samples
 from diffusion_model import DiffusionModel
+from ema import EMA
 from quality import format_table, judge_outputs, load_or_train_judge, score
 from unet import ARCHITECTURES, MyUNet
 from utils import (
     DISPLAY_MODES,
     SAMPLERS,
+    TrainingInterrupted,
+    last_checkpoint_path,
     resolve_device,
     sample,
     sampling_steps,
@@ -122,9 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
-    train.add_argument("--batch-size", type=positive_int, default=128, help="images per batch")
+    train.add_argument("--batch-size", type=positive_int, default=128,
+                       help="images per batch and per process (under torchrun the global batch is "
+                            "this times the number of processes)")
     train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     train.add_argument("--lr-step", type=positive_int, default=10, help="StepLR: epochs between learning-rate cuts")
+    train.add_argument("--resume", action="store_true",
+                       help="continue training from the last checkpoint (CHECKPOINT with _last) up to --epochs "
+                            "in total: weights, EMA, optimizer, scheduler, epoch, history and random state")
+    train.add_argument("--ema-decay", type=non_negative_float, default=0.999,
+                       help="decay of the exponential moving average of the weights (with warm-up); 0 turns it off")
     train.add_argument("--lr-gamma", type=positive_float, default=0.5, help="StepLR: factor of each cut")
 
     samp = p.add_argument_group("sampling")
@@ -139,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="DDIM: number of evenly spaced steps (default 50); DDPM always uses all T")
     samp.add_argument("--eta", type=non_negative_float, default=0.0,
                       help="DDIM noise scale: 0 is deterministic, 1 is DDPM-like")
+    samp.add_argument("--no-ema", action="store_true",
+                      help="sample with the raw weights even when the checkpoint has EMA weights")
     samp.add_argument("--judge-dir", default=None,
                       help="where the judge classifier of --evaluate is cached "
                            "(default: DATA_ROOT/judges, or ./data/judges when DATA_ROOT is read-only)")
@@ -162,6 +178,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("nothing to do: give --train, --sample, --evaluate and/or --figures")
     if args.timesteps > 1 and args.beta_end <= args.beta_start:
         parser.error(f"--beta-end ({args.beta_end}) must be larger than --beta-start ({args.beta_start})")
+    if not 0.0 <= args.ema_decay < 1.0:
+        parser.error(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
     if args.gif is not None and not args.sample:
         parser.error("--gif needs --sample")
     return args
@@ -180,50 +198,135 @@ def ensure_writable(path: Path) -> Path:
     return path
 
 
-def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
-    """Build the model of the chosen dataset and run the training loop of Figure 12."""
-    train_loader, val_loader = load_data(args, device)
+def new_model(args: argparse.Namespace, device: torch.device) -> DiffusionModel:
+    """A fresh DDPM for --dataset with the CLI's schedule and network options."""
     size = IMAGE_SIZES[args.dataset]
     net = MyUNet(n_steps=args.timesteps, time_emb_dim=args.time_emb_dim, image_size=size, arch=args.arch)
-    ddpm = DiffusionModel(net, args.beta_start, args.beta_end, args.timesteps, device=device)
+    return DiffusionModel(net, args.beta_start, args.beta_end, args.timesteps, device=device)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's global random state (CPU, and CUDA when training there)."""
+    return dict(torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+class StopRequest:
+    """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the training loop checks after each batch."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second signal stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("Received signal %d: saving the training state after this batch", signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
+    """Build (or, with --resume, reload) the model and run the training loop of Figure 12."""
+    resume: dict[str, Any] | None = None
+    if args.resume:
+        last = last_checkpoint_path(checkpoint)
+        ddpm, ckpt = load_checkpoint(last, device) if last.exists() else open_checkpoint(last, device)
+        if "progress" not in ckpt:
+            raise UsageError(f"{last} holds no training state to resume from")
+        if ckpt["config"]["dataset"] != args.dataset:
+            log.warning("Resuming a %s run (ignoring --dataset %s)", ckpt["config"]["dataset"], args.dataset)
+        args.dataset = ckpt["config"]["dataset"]
+        resume = dict(ckpt["progress"], history=ckpt["history"])
+    else:
+        ddpm = new_model(args, device)
     config = model_config(args.dataset, ddpm)
+    train_loader, val_loader = load_data(args, device)
+    model = ddpm
+    if distributed.is_distributed():
+        model = DistributedDataParallel(ddpm, device_ids=[device.index] if device.type == "cuda" else None,
+                                        broadcast_buffers=False)  # the schedule buffers never change
     optim = torch.optim.Adam(ddpm.parameters(), lr=args.lr)
     scheduler = StepLR(optim, step_size=args.lr_step, gamma=args.lr_gamma)
+    ema = EMA(ddpm.backward_process_model, args.ema_decay) if args.ema_decay > 0 else None
+    if resume is not None:
+        optim.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None and "ema" in ckpt:
+            ema.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"][distributed.rank()], device)
+        log.info("Resuming %s from epoch %d, batch %d", last_checkpoint_path(checkpoint),
+                 resume["epoch"] + 1, resume["batch"])
     n_params = sum(p.numel() for p in ddpm.parameters() if p.requires_grad)
-    log.info("Training %s (%s UNet, %d trainable parameters) on %s for %d epochs: %d train / %d validation images",
-             args.dataset, args.arch, n_params, device, args.epochs,
-             len(train_loader.dataset), len(val_loader.dataset))
+    log.info("Training %s (%s UNet, %d trainable parameters) on %s for %d epochs: %d train / %d validation "
+             "images, batch %d per process x %d processes = %d", args.dataset, config["network"]["arch"],
+             n_params, device, args.epochs, len(train_loader.dataset), len(val_loader.dataset), args.batch_size,
+             distributed.world_size(), args.batch_size * distributed.world_size())
     train_args = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
-                      lr_gamma=args.lr_gamma, seed=args.seed)
+                      lr_gamma=args.lr_gamma, seed=args.seed, ema_decay=args.ema_decay,
+                      world_size=distributed.world_size())
 
-    def save(path: Path, history: dict[str, Any]) -> None:
-        save_checkpoint(path, ddpm, config, history=history, train_args=train_args,
-                        epoch=len(history["train_loss"]), optimizer=optim.state_dict(),
-                        scheduler=scheduler.state_dict())
+    def save(path: Path, state: dict[str, Any]) -> None:
+        rngs = distributed.gather_objects(rng_state(device))  # a collective: every rank calls save
+        if not distributed.is_main_process():
+            return
+        extra = dict(ema=ema.state_dict()) if ema is not None else {}
+        save_checkpoint(path, ddpm, config, history=state["history"], progress=state["progress"],
+                        train_args=train_args, optimizer=optim.state_dict(), scheduler=scheduler.state_dict(),
+                        rng=rngs, **extra)
 
-    history = training_loop(ddpm, train_loader, val_loader, args.epochs, optim, device,
-                            scheduler=scheduler, store_path=checkpoint, save_fn=save,
-                            loss_curve_path=out_dir / f"loss_curves_{args.dataset}.png", seed=args.seed)
-    (out_dir / f"history_{args.dataset}.json").write_text(json.dumps(history, indent=2))
-    log.info("Best checkpoint: %s; loss curves: %s", checkpoint, out_dir / f"loss_curves_{args.dataset}.png")
+    curves = out_dir / f"loss_curves_{args.dataset}.png"
+    with StopRequest() as stop:
+        history = training_loop(ddpm, train_loader, val_loader, args.epochs, optim, device,
+                                scheduler=scheduler, store_path=checkpoint, save_fn=save, loss_curve_path=curves,
+                                seed=args.seed, model=model, ema=ema, resume=resume, should_stop=stop)
+    if distributed.is_main_process():
+        (out_dir / f"history_{args.dataset}.json").write_text(json.dumps(history, indent=2))
+    log.info("Best checkpoint: %s; loss curves: %s", checkpoint, curves)
 
 
 def load_data(args: argparse.Namespace, device: torch.device, dataset: str | None = None):
     """Train and validation loaders of ``dataset`` (default: --dataset) with the CLI's data options."""
     return get_data_loaders(dataset or args.dataset, args.batch_size, args.data_root, seed=args.seed,
+                            rank=distributed.rank(), world_size=distributed.world_size(),
                             num_workers=args.num_workers, device=device, persian_zip=args.persian_zip,
                             extract_dir=args.extract_dir, skip_bad_files=args.skip_bad_files)
 
 
-def open_checkpoint(checkpoint: Path, device: torch.device) -> tuple[DiffusionModel, dict[str, Any]]:
-    """Load a checkpoint; a missing one is a usage error that says how to train one."""
+def open_checkpoint(checkpoint: Path, device: torch.device,
+                    use_ema: bool = False) -> tuple[DiffusionModel, dict[str, Any]]:
+    """Load a checkpoint (with its EMA weights when ``use_ema`` and present).
+
+    A missing checkpoint is a usage error that says how to train one.
+    """
     try:
-        return load_checkpoint(checkpoint, device)
+        ddpm, ckpt = load_checkpoint(checkpoint, device)
     except CheckpointError as exc:
         if not checkpoint.exists():
             raise UsageError(f"{exc}; train one first: python main.py --dataset mnist --train "
                              f"(or pass --checkpoint PATH)") from exc
         raise
+    if use_ema and "ema" in ckpt:
+        ddpm.backward_process_model.load_state_dict(ckpt["ema"]["model"])
+        log.info("Using the EMA weights (decay %s) of %s", ckpt["ema"]["decay"], checkpoint)
+    return ddpm, ckpt
 
 
 def sampler_options(args: argparse.Namespace, ddpm: DiffusionModel) -> dict[str, Any]:
@@ -240,7 +343,7 @@ def sampler_options(args: argparse.Namespace, ddpm: DiffusionModel) -> dict[str,
 
 def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
     """Rebuild the model from its checkpoint and sample: Algorithm 2 (Figure 14) or DDIM."""
-    ddpm, ckpt = open_checkpoint(checkpoint, device)
+    ddpm, ckpt = open_checkpoint(checkpoint, device, use_ema=not args.no_ema)
     options = sampler_options(args, ddpm)
     dataset = ckpt["config"]["dataset"]
     grid_path = ensure_writable(out_dir / f"samples_{dataset}.png")
@@ -265,7 +368,7 @@ def judge_cache(args: argparse.Namespace, dataset: str) -> Path:
 
 def evaluate_quality(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
     """Score --n-samples generated images with the offline judge; print the table, save it as JSON."""
-    ddpm, ckpt = open_checkpoint(checkpoint, device)
+    ddpm, ckpt = open_checkpoint(checkpoint, device, use_ema=not args.no_ema)
     options = sampler_options(args, ddpm)
     dataset = ckpt["config"]["dataset"]
     steps = len(sampling_steps(ddpm.timesteps, options["sampler"], options["sample_steps"]))
@@ -286,7 +389,7 @@ def evaluate_quality(args: argparse.Namespace, device: torch.device, checkpoint:
     }
     log.info("Quality of %s (%s), %d samples drawn in %.1fs:\n%s", checkpoint, dataset, n, seconds,
              format_table(rows, judge_accuracy))
-    report = dict(checkpoint=str(checkpoint), dataset=dataset, arch=ckpt["config"]["network"]["arch"],
+    report = dict(checkpoint=str(checkpoint), dataset=dataset, ema=not args.no_ema and "ema" in ckpt, arch=ckpt["config"]["network"]["arch"],
                   sampler=options, steps=steps, seed=args.seed, sampling_seconds=seconds,
                   judge_accuracy=judge_accuracy, rows=rows)
     report_path.write_text(json.dumps(report, indent=2))
@@ -309,21 +412,32 @@ def draw_figures(args: argparse.Namespace, device: torch.device, out_dir: Path) 
 
 
 def run(args: argparse.Namespace) -> None:
-    """Do what the arguments ask, in the order data -> train -> sample."""
-    torch.manual_seed(args.seed)
+    """Do what the arguments ask, in the order figures -> train -> sample -> evaluate.
+
+    Under torchrun, every process trains (DistributedDataParallel) and only
+    rank 0 writes files, logs and draws figures and samples.
+    """
     try:
-        device = resolve_device(args.device)
+        device = distributed.setup(args.device) if distributed.launched_by_torchrun() else resolve_device(args.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    torch.manual_seed(args.seed + distributed.rank())  # different noise on each rank, reproducibly
     out_dir = Path(args.out_dir)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out_dir / "ddpm_model.pt"
-    ensure_writable(out_dir / "probe")
-    if args.train:
-        ensure_writable(checkpoint)
-    if args.figures:
-        draw_figures(args, device, out_dir)
-    if args.train:
-        train(args, device, checkpoint, out_dir)
+    main_process = distributed.is_main_process()
+    try:
+        if main_process:
+            ensure_writable(out_dir / "probe")
+            if args.train:
+                ensure_writable(checkpoint)
+            if args.figures:
+                draw_figures(args, device, out_dir)
+        if args.train:
+            train(args, device, checkpoint, out_dir)
+    finally:
+        distributed.cleanup()
+    if not main_process:
+        return
     if args.sample:
         sample_images(args, device, checkpoint, out_dir)
     if args.evaluate:
@@ -340,7 +454,8 @@ def one_line(exc: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    quiet = args.quiet or int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 logs
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         with logging_redirect_tqdm():
@@ -348,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, CheckpointError, DatasetError) as exc:
         print(f"main.py: error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as exc:
+        print(f"main.py: {exc}; continue with the same command and --resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("main.py: interrupted", file=sys.stderr)
         return 130

@@ -23,7 +23,9 @@ from torch.optim.lr_scheduler import LRScheduler, StepLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+import distributed
 from diffusion_model import DiffusionModel
+from ema import EMA
 from unet import sinusoidal_embedding
 
 log = logging.getLogger(__name__)
@@ -53,12 +55,13 @@ def evaluate(diffusion_model: DiffusionModel, test_loader: DataLoader, device: t
              seed: int = 0) -> float:
     """Mean noise-prediction MSE (Eq. 8) over a loader at random time steps (Figure 13).
 
-    Time steps and noise come from a generator seeded with ``seed``, so two calls
-    on the same model and loader give the same number, and the global random
-    state is left untouched.
+    Time steps and noise come from a generator seeded with ``seed`` (plus the
+    rank under torchrun), so two calls on the same model and loader give the
+    same number, and the global random state is left untouched. Under torchrun
+    the sums are all-reduced, so every rank returns the same mean.
     """
     device = torch.device(device) if device is not None else diffusion_model.device
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed + distributed.rank())
     was_training = diffusion_model.training
     diffusion_model.eval()
     total_loss, total_samples = 0.0, 0
@@ -73,9 +76,28 @@ def evaluate(diffusion_model: DiffusionModel, test_loader: DataLoader, device: t
             total_loss += get_loss(noise, eta_theta).item() * n
             total_samples += n
     diffusion_model.train(was_training)
+    total_loss, total_samples = distributed.all_reduce_sum([total_loss, total_samples], device)
     if total_samples == 0:
         raise ValueError("evaluate got an empty loader")
     return total_loss / total_samples
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request (SIGTERM, Ctrl-C); its state was saved to ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"training interrupted; its state was saved to {path}")
+        self.path = path
+
+
+def last_checkpoint_path(store_path: str | os.PathLike) -> Path:
+    """Where the last (resumable) state lives beside the best checkpoint: ``<stem>_last<suffix>``."""
+    store_path = Path(store_path)
+    return store_path.with_name(f"{store_path.stem}_last{store_path.suffix}")
+
+
+def new_history() -> dict[str, list[float]]:
+    return dict(train_loss=[], val_loss=[], lr=[], epoch_seconds=[])
 
 
 def training_loop(
@@ -91,19 +113,34 @@ def training_loop(
     save_fn: Callable[[Path, dict[str, Any]], None] | None = None,
     loss_curve_path: str | os.PathLike | None = None,
     seed: int = 0,
+    model: torch.nn.Module | None = None,
+    ema: EMA | None = None,
+    resume: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, list[float]]:
-    """Train ``ddpm`` with the loss of Eq. 8 (Algorithm 1; Figure 12).
+    """Train ``ddpm`` with the loss of Eq. 8 (Algorithm 1; Figure 12) up to epoch ``n_epochs``.
 
     Each epoch: one pass over ``train_loader`` (Adam steps on
-    ``get_loss(noise, eta_theta)``), the validation loss with ``evaluate``
-    (seeded, so epochs are compared on the same time steps and noise), one
-    scheduler step (default ``StepLR(step_size=10, gamma=0.5)``) and a log line.
+    ``get_loss(noise, eta_theta)``, then an ``ema`` update if given), the
+    validation loss with ``evaluate`` (seeded, so epochs are compared on the
+    same time steps and noise), one scheduler step (default
+    ``StepLR(step_size=10, gamma=0.5)``) and a log line.
 
     Departs from Figure 12: the best model is chosen by validation loss, not by
-    training loss, and the last model is kept too. ``save_fn(path, history)``
-    writes a checkpoint: the best one to ``store_path`` and the last one to
-    ``<store_path stem>_last<suffix>``. The loss curves (Figures 15 and 17) are
-    saved to ``loss_curve_path`` after every epoch instead of ``plt.show()``.
+    training loss, and the last state is kept too. ``save_fn(path, state)``
+    writes a checkpoint from ``state`` (history and progress): the best one to
+    ``store_path``, the last one to ``last_checkpoint_path(store_path)``. It is
+    called on every rank (only rank 0 should write). The loss curves (Figures
+    15 and 17) are saved to ``loss_curve_path`` after every epoch instead of
+    ``plt.show()``.
+
+    ``model`` is what the forward pass runs (a DistributedDataParallel wrapper
+    of ``ddpm`` under torchrun); it defaults to ``ddpm``. ``resume`` is the
+    ``progress`` dict of a saved state (with its ``history``): training goes on
+    from that epoch and batch, replaying the loader's shuffle, so that together
+    with the restored random state the run continues exactly. When
+    ``should_stop()`` turns true on any rank, the state is saved to the last
+    checkpoint after the current batch and ``TrainingInterrupted`` is raised.
 
     Returns the history: per-epoch ``train_loss``, ``val_loss``, ``lr`` and
     ``epoch_seconds``.
@@ -112,25 +149,54 @@ def training_loop(
         raise ValueError(f"n_epochs must be >= 1, got {n_epochs}")
     if scheduler is None:
         scheduler = StepLR(optim, step_size=10, gamma=0.5)
+    model = ddpm if model is None else model
     store_path = Path(store_path)
-    last_path = store_path.with_name(f"{store_path.stem}_last{store_path.suffix}")
-    history: dict[str, list[float]] = dict(train_loss=[], val_loss=[], lr=[], epoch_seconds=[])
-    best_loss = float("inf")
+    last_path = last_checkpoint_path(store_path)
+    resume = resume or {}
+    history = resume.get("history") or new_history()
+    start_epoch = int(resume.get("epoch", 0))
+    best_loss = min(history["val_loss"], default=float("inf"))
+    main_process = distributed.is_main_process()
+    generator = train_loader.generator  # the shuffle's random state (None under a DistributedSampler)
 
-    for epoch in tqdm(range(n_epochs), desc="Training progress", colour="#00ff00"):
+    def save(path: Path, progress: dict[str, Any]) -> None:
+        if save_fn is not None:
+            save_fn(path, dict(history=history, progress=progress))
+
+    for epoch in tqdm(range(start_epoch, n_epochs), desc="Training progress", colour="#00ff00",
+                      initial=start_epoch, total=n_epochs, disable=not main_process):
         start = time.perf_counter()
-        ddpm.train()
-        epoch_train_loss, seen = 0.0, 0
-        for batch in tqdm(train_loader, leave=False, desc=f"Epoch {epoch + 1}/{n_epochs} - Training"):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
+        resuming = resume.get("batch", 0) > 0 and epoch == start_epoch
+        if resume.get("loader_state") is not None and epoch == start_epoch and generator is not None:
+            generator.set_state(resume["loader_state"])
+        loader_state = generator.get_state() if generator is not None else None
+        batches = iter(train_loader)
+        skip = resume["batch"] if resuming else 0
+        for _ in range(skip):  # replay the interrupted epoch's order up to where it stopped
+            next(batches)
+        loss_sum, seen = (resume["loss_sum"], resume["seen"]) if resuming else (0.0, 0)
+        model.train()
+        for done, batch in enumerate(tqdm(batches, leave=False, desc=f"Epoch {epoch + 1}/{n_epochs} - Training",
+                                          initial=skip, total=len(train_loader), disable=not main_process),
+                                     start=skip + 1):
             x0 = batch[0].to(device, non_blocking=True)
-            _, noise, eta_theta = ddpm(x0)
+            _, noise, eta_theta = model(x0)
             loss = get_loss(noise, eta_theta)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
-            epoch_train_loss += loss.item() * len(x0)
+            if ema is not None:
+                ema.update(ddpm.backward_process_model)
+            loss_sum += loss.item() * len(x0)
             seen += len(x0)
-        epoch_train_loss /= max(seen, 1)
+            if should_stop is not None and distributed.any_rank(should_stop(), x0.device):
+                save(last_path, dict(epoch=epoch, batch=done, loss_sum=loss_sum, seen=seen,
+                                     loader_state=loader_state))
+                raise TrainingInterrupted(last_path)
+        loss_sum, seen = distributed.all_reduce_sum([loss_sum, seen], torch.device(device))
+        epoch_train_loss = loss_sum / max(seen, 1)
         epoch_val_loss = evaluate(ddpm, val_loader, device, seed=seed)
         lr = optim.param_groups[0]["lr"]  # the rate this epoch was trained with
         scheduler.step()
@@ -142,14 +208,15 @@ def training_loop(
         line = (f"Epoch {epoch + 1}/{n_epochs} - Training Loss: {epoch_train_loss:.4f}, "
                 f"Validation Loss: {epoch_val_loss:.4f}, Learning Rate: {lr:.6f}, "
                 f"Time: {history['epoch_seconds'][-1]:.1f}s")
-        if save_fn is not None:
-            if epoch_val_loss < best_loss:
-                best_loss = epoch_val_loss
-                save_fn(store_path, history)
-                line += " -- saving best model"
-            save_fn(last_path, history)
+        progress = dict(epoch=epoch + 1, batch=0, loss_sum=0.0, seen=0,
+                        loader_state=generator.get_state() if generator is not None else None)
+        if epoch_val_loss < best_loss:
+            best_loss = epoch_val_loss
+            save(store_path, progress)
+            line += " -- saving best model"
+        save(last_path, progress)
         log.info(line)
-        if loss_curve_path is not None:
+        if loss_curve_path is not None and main_process:
             save_loss_curves(history, loss_curve_path)
     return history
 

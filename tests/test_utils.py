@@ -69,7 +69,7 @@ def test_training_loop_learns_and_keeps_best_by_validation(tmp_path, monkeypatch
     history = utils.training_loop(
         ddpm, tiny_loader(), tiny_loader(), 3, optim, "cpu",
         store_path=tmp_path / "best.pt",
-        save_fn=lambda path, hist: saves.append((path.name, len(hist["train_loss"]))),
+        save_fn=lambda path, state: saves.append((path.name, len(state["history"]["train_loss"]))),
         loss_curve_path=tmp_path / "loss.png",
     )
     assert history["val_loss"] == [0.5, 0.3, 0.4]

@@ -1,0 +1,102 @@
+"""Exact resume, clean interruption and atomic checkpoints (main.py --resume, SIGTERM)."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import main as cli
+from checkpoint import load_checkpoint
+from datagen import make_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_args(out: Path, epochs: int, *extra: str) -> list[str]:
+    return ["--train", "--dataset", "mnist", "--data-root", str(out.parent / "data"), "--out-dir", str(out),
+            "--epochs", str(epochs), "--timesteps", "20", "--batch-size", "8", "--lr-step", "1", "--device", "cpu",
+            "--seed", "3", "--quiet", *extra]
+
+
+@pytest.fixture
+def data(tmp_path):
+    make_mnist(tmp_path / "data", n_train=40, n_test=8)  # 5 batches per epoch
+    return tmp_path
+
+
+def final_state(out: Path) -> tuple[dict, dict]:
+    _, ckpt = load_checkpoint(out / "ddpm_model_last.pt")
+    return ckpt["history"], ckpt
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    hist_a, ckpt_a = final_state(a)
+    hist_b, ckpt_b = final_state(b)
+    assert hist_a["train_loss"] == hist_b["train_loss"]
+    assert hist_a["val_loss"] == hist_b["val_loss"]
+    assert hist_a["lr"] == hist_b["lr"]
+    for name, tensor in ckpt_a["model"].items():
+        assert torch.equal(tensor, ckpt_b["model"][name]), name
+    for name, tensor in ckpt_a["ema"]["model"].items():
+        assert torch.equal(tensor, ckpt_b["ema"]["model"][name]), name
+    assert ckpt_a["ema"]["num_updates"] == ckpt_b["ema"]["num_updates"]
+
+
+def test_two_epochs_equal_one_plus_one_resumed(data):
+    """Bit-for-bit on the CPU: weights, EMA, losses, learning rates."""
+    assert cli.main(train_args(data / "whole", 2)) == 0
+    assert cli.main(train_args(data / "parts", 1)) == 0
+    assert cli.main(train_args(data / "parts", 2, "--resume")) == 0
+    assert_same_run(data / "whole", data / "parts")
+    hist, ckpt = final_state(data / "parts")
+    assert len(hist["train_loss"]) == 2 and ckpt["progress"]["epoch"] == 2
+    assert hist["lr"] == [1e-3, 5e-4]  # the scheduler's state was restored too
+
+
+def test_interrupted_mid_epoch_resumes_exactly(data, monkeypatch, capsys):
+    """A stop after batch 3 of epoch 2 saves the state; resuming finishes the same run."""
+    assert cli.main(train_args(data / "whole", 3)) == 0
+    checks = {"n": 0}
+
+    def stop_after_eight_batches(self) -> bool:
+        checks["n"] += 1
+        return checks["n"] == 8  # epoch 1 has 5 batches: batch 3 of epoch 2
+
+    monkeypatch.setattr(cli.StopRequest, "__call__", stop_after_eight_batches)
+    assert cli.main(train_args(data / "parts", 3)) == 143
+    assert "continue with the same command and --resume" in capsys.readouterr().err
+    _, ckpt = final_state(data / "parts")
+    assert ckpt["progress"]["epoch"] == 1 and ckpt["progress"]["batch"] == 3
+    monkeypatch.undo()
+    assert cli.main(train_args(data / "parts", 3, "--resume")) == 0
+    assert_same_run(data / "whole", data / "parts")
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(data, capsys):
+    assert cli.main(train_args(data / "none", 2, "--resume")) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_sigterm_mid_run_leaves_a_loadable_checkpoint(tmp_path):
+    make_mnist(tmp_path / "data", n_train=400, n_test=8)  # 50 batches per epoch
+    out = tmp_path / "run"
+    args = [a if a != "--quiet" else "--seed" for a in train_args(out, 30)] + ["3"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = out / "ddpm_model_last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), proc.communicate()[1]
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Received signal 15" in err and "Traceback" not in err
+    ddpm, ckpt = load_checkpoint(last)
+    assert ckpt["progress"]["epoch"] < 30 and ddpm.timesteps == 20
+    assert not [p for p in out.iterdir() if p.suffix == ".tmp"]  # atomic writes leave no temporary file
