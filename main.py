@@ -30,6 +30,7 @@ from checkpoint import CheckpointError, load_checkpoint, model_config, save_chec
 from Dataset import DATASETS, IMAGE_SIZES, DatasetError, get_data_loaders, is_writable_dir, save_dataset_samples
 from diffusion_model import DiffusionModel
 from ema import EMA
+from likelihood import bits_per_dim
 from quality import format_table, judge_outputs, load_or_train_judge, score
 from unet import ARCHITECTURES, MyUNet
 from utils import (
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="DDIM: number of evenly spaced steps (default 50); DDPM always uses all T")
     samp.add_argument("--eta", type=non_negative_float, default=0.0,
                       help="DDIM noise scale: 0 is deterministic, 1 is DDPM-like")
+    samp.add_argument("--bpd-images", type=non_negative_int, default=0,
+                      help="--evaluate: also bound the likelihood (bits/dim) on this many validation images "
+                           "(T network passes per image)")
     samp.add_argument("--no-ema", action="store_true",
                       help="sample with the raw weights even when the checkpoint has EMA weights")
     samp.add_argument("--judge-dir", default=None,
@@ -392,6 +396,13 @@ def evaluate_quality(args: argparse.Namespace, device: torch.device, checkpoint:
     report = dict(checkpoint=str(checkpoint), dataset=dataset, ema=not args.no_ema and "ema" in ckpt, arch=ckpt["config"]["network"]["arch"],
                   sampler=options, steps=steps, seed=args.seed, sampling_seconds=seconds,
                   judge_accuracy=judge_accuracy, rows=rows)
+    if args.bpd_images > 0:
+        start = time.perf_counter()
+        report["likelihood_bound"] = bits_per_dim(ddpm, val_loader, args.bpd_images, seed=args.seed)
+        log.info("Variational bound (Ho et al. Eq. 5) on %d validation images: %.4f bits/dim "
+                 "(L_T %.5f, sum L_t-1 %.4f, L_0 %.4f) in %.1fs", report["likelihood_bound"]["n_images"],
+                 *(report["likelihood_bound"][k] for k in ("bits_per_dim", "prior_bpd", "diffusion_bpd",
+                                                           "decoder_bpd")), time.perf_counter() - start)
     report_path.write_text(json.dumps(report, indent=2))
     log.info("Saved %s", report_path)
 

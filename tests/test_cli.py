@@ -142,10 +142,13 @@ def test_ddim_sampling_and_evaluate(trained):
     frames, _ = gif_frames(work / "ddim.gif")
     assert len(frames) == 5  # one frame per DDIM step
     result = run_cli("--evaluate", "--sampler", "ddim", "--sample-steps", "4", "--n-samples", "6",
-                     "--data-root", "data", "--device", "cpu", cwd=work)
+                     "--bpd-images", "3", "--data-root", "data", "--device", "cpu", cwd=work)
     assert result.returncode == 0, result.stderr
     report = json.loads((work / "runs" / "quality_mnist_ddim4.json").read_text())
     assert report["steps"] == 4 and report["arch"] == "paper"
+    bound = report["likelihood_bound"]
+    assert bound["n_images"] == 3 and bound["bits_per_dim"] > 0
+    assert bound["bits_per_dim"] == pytest.approx(bound["prior_bpd"] + bound["diffusion_bpd"] + bound["decoder_bpd"])
     assert set(report["rows"]) == {"generated (ddim, 4 steps)", "real training images (floor)"}
     for row in report["rows"].values():
         assert row["n"] == 6 and sum(row["class_histogram"]) == 6 and row["frechet_distance"] >= 0
