@@ -252,7 +252,7 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
     resume: dict[str, Any] | None = None
     if args.resume:
         last = last_checkpoint_path(checkpoint)
-        ddpm, ckpt = load_checkpoint(last, device) if last.exists() else open_checkpoint(last, device)
+        ddpm, ckpt = open_checkpoint(last, device)
         if "progress" not in ckpt:
             raise UsageError(f"{last} holds no training state to resume from")
         if ckpt["config"]["dataset"] != args.dataset:
