@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 
 def launched_by_torchrun() -> bool:
@@ -79,3 +80,13 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def progress_bar(iterable: Any, **kwargs: Any) -> tqdm:
+    """A tqdm bar, shown by rank 0 only and hidden when ``TQDM_DISABLE`` is set (``main.py --quiet``).
+
+    The variable is read at each call (tqdm itself reads it once, at import).
+    """
+    if not is_main_process() or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)

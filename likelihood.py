@@ -19,9 +19,9 @@ from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from diffusion_model import DiffusionModel
+from distributed import progress_bar
 
 
 def normal_kl(mean1: torch.Tensor, var1: torch.Tensor, mean2: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ def bound_terms(ddpm: DiffusionModel, x_0: torch.Tensor, generator: torch.Genera
     was_training = ddpm.training
     ddpm.eval()
     with torch.no_grad():
-        for t in tqdm(range(ddpm.timesteps), desc="Likelihood bound", leave=False):
+        for t in progress_bar(range(ddpm.timesteps), desc="Likelihood bound", leave=False):
             noise = torch.randn(x_0.shape, generator=generator, device=device)
             t_batch = torch.full((n,), t, device=device, dtype=torch.long)
             x_t, _ = ddpm.add_noise(x_0, t_batch, noise)

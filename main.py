@@ -13,8 +13,8 @@ import argparse
 import json
 import logging
 import os
-import sys
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="'auto' uses CUDA when available")
     run.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same run on CPU")
-    run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    run.add_argument("--quiet", action="store_true", help="log warnings and errors only, no progress bars")
     return p
 
 
@@ -266,7 +266,7 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
     model = ddpm
     if distributed.is_distributed():
         model = DistributedDataParallel(ddpm, device_ids=[device.index] if device.type == "cuda" else None,
-                                        broadcast_buffers=False)  # the schedule buffers never change
+                                        forward_sync_buffers=False)  # the schedule buffers never change
     optim = torch.optim.Adam(ddpm.parameters(), lr=args.lr)
     scheduler = StepLR(optim, step_size=args.lr_step, gamma=args.lr_gamma)
     ema = EMA(ddpm.backward_process_model, args.ema_decay) if args.ema_decay > 0 else None
@@ -468,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = args.quiet or int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 logs
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    previous = os.environ.get("TQDM_DISABLE")
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # read by distributed.progress_bar; restored below
     try:
         with logging_redirect_tqdm():
             run(args)
@@ -480,6 +483,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("main.py: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
     return 0
 
 

@@ -25,7 +25,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+
+from distributed import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def train_classifier(
     optim = torch.optim.Adam(judge.parameters(), lr=1e-3)
     for epoch in range(epochs):
         judge.train()
-        for x, y in tqdm(train_loader, desc=f"Judge epoch {epoch + 1}/{epochs}", leave=False):
+        for x, y in progress_bar(train_loader, desc=f"Judge epoch {epoch + 1}/{epochs}", leave=False):
             loss = nn.functional.cross_entropy(judge(x.to(device)), y.to(device))
             optim.zero_grad(set_to_none=True)
             loss.backward()

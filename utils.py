@@ -21,10 +21,10 @@ import torch
 from matplotlib.figure import Figure
 from torch.optim.lr_scheduler import LRScheduler, StepLR
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 import distributed
 from diffusion_model import DiffusionModel
+from distributed import progress_bar
 from ema import EMA
 from unet import sinusoidal_embedding
 
@@ -163,8 +163,8 @@ def training_loop(
         if save_fn is not None:
             save_fn(path, dict(history=history, progress=progress))
 
-    for epoch in tqdm(range(start_epoch, n_epochs), desc="Training progress", colour="#00ff00",
-                      initial=start_epoch, total=n_epochs, disable=not main_process):
+    for epoch in progress_bar(range(start_epoch, n_epochs), desc="Training progress", colour="#00ff00",
+                              initial=start_epoch, total=n_epochs):
         start = time.perf_counter()
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
@@ -178,9 +178,8 @@ def training_loop(
             next(batches)
         loss_sum, seen = (resume["loss_sum"], resume["seen"]) if resuming else (0.0, 0)
         model.train()
-        for done, batch in enumerate(tqdm(batches, leave=False, desc=f"Epoch {epoch + 1}/{n_epochs} - Training",
-                                          initial=skip, total=len(train_loader), disable=not main_process),
-                                     start=skip + 1):
+        for done, batch in enumerate(progress_bar(batches, leave=False, desc=f"Epoch {epoch + 1}/{n_epochs} - Training",
+                                                  initial=skip, total=len(train_loader)), start=skip + 1):
             x0 = batch[0].to(device, non_blocking=True)
             _, noise, eta_theta = model(x0)
             loss = get_loss(noise, eta_theta)
@@ -360,7 +359,7 @@ def sample(
     with torch.no_grad():
         x = noise()  # x_T ~ N(0, I)
         t_batch = torch.empty(n_samples, dtype=torch.long, device=device)
-        for idx, t in enumerate(tqdm(steps, desc=f"Sampling ({sampler})", leave=False)):
+        for idx, t in enumerate(progress_bar(steps, desc=f"Sampling ({sampler})", leave=False)):
             eta_theta = ddpm.backward(x, t_batch.fill_(t))
             if sampler == "ddpm":
                 x = ddpm.step(x, t, eta_theta=eta_theta, z=noise() if t > 0 else None).x_prev

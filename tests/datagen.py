@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array in MNIST's idx format (magic 2051 images / 2049 labels, big-endian dims)."""
     magic = 2051 if array.ndim == 3 else 2049

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datagen import make_mnist
 from PIL import Image, ImageSequence
 
 import main as cli
-from datagen import make_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--timesteps", "20", "--batch-size", "8", "--device", "cpu"]

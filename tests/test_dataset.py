@@ -16,10 +16,10 @@ from urllib.error import URLError
 import pytest
 import torch
 import torchvision
+from datagen import listing, make_mnist, persian_members, png_bytes, write_folder, write_zip
 from PIL import Image
 
 import Dataset as D
-from datagen import listing, make_mnist, persian_members, png_bytes, write_folder, write_zip
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from datagen import make_mnist
 from torch.nn.parallel import DistributedDataParallel
 
 from checkpoint import load_checkpoint
-from datagen import make_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def _worker(rank: int, world: int, port: int, data_root: str, out: str) -> None:
     torch.manual_seed(rank)  # different initial weights on purpose: DDP must broadcast rank 0's
     ddpm = DiffusionModel(MyUNet(n_steps=10), timesteps=10)
     train, val = get_data_loaders("mnist", 4, data_root, rank=rank, world_size=world)
-    model = DistributedDataParallel(ddpm, broadcast_buffers=False)
+    model = DistributedDataParallel(ddpm, forward_sync_buffers=False)
     optim = torch.optim.Adam(ddpm.parameters(), lr=1e-3)
     history = training_loop(ddpm, train, val, 2, optim, device, model=model)
     torch.save(dict(params=[p.detach().clone() for p in ddpm.parameters()], history=history,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from datagen import make_mnist
 
 import main as cli
 from checkpoint import load_checkpoint
-from datagen import make_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 
