@@ -523,8 +523,10 @@ def get_data_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Return ``(train_loader, val_loader)`` for ``"mnist"`` (Figure 1) or ``"persian"`` (Figures 3-4).
 
-    The training loader shuffles with a generator seeded from ``seed`` (the
-    Persian split uses the same seed), the validation loader does not shuffle.
+    The training loader shuffles with a ``DistributedSampler`` seeded from
+    ``seed``, reshuffled by ``set_epoch`` (the training loop calls it every
+    epoch; the Persian split uses the same seed); the validation loader does
+    not shuffle.
     ``batch_size`` is the caller's (the Figure 4 listing overrides it with 128).
     ``num_workers`` defaults to ``default_num_workers(device)``, ``pin_memory``
     to "device is CUDA and available"; workers persist between epochs.
@@ -532,9 +534,8 @@ def get_data_loaders(
     digits: see ``prepare_persian_digits`` for where the zip is looked for and
     extracted (``<data_root>/persian_digits``, or ``./data/persian_digits`` when
     the data root is read-only, unless ``extract_dir`` is given).
-    With ``world_size > 1`` (torchrun) each loader reads this ``rank``'s shard
-    through a ``DistributedSampler`` (the training one shuffled from ``seed``;
-    call ``set_epoch`` each epoch), and ``batch_size`` is per process.
+    With ``world_size > 1`` (torchrun) each loader reads this ``rank``'s shard,
+    and ``batch_size`` is per process.
     Raises ``ValueError`` for bad arguments and ``DatasetError`` for data problems.
     """
     name = _check_dataset_name(dataset)
@@ -559,14 +560,15 @@ def get_data_loaders(
     workers = default_num_workers(device) if num_workers is None else num_workers
     pin = (device.type == "cuda" and torch.cuda.is_available()) if pin_memory is None else bool(pin_memory)
     options = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
-    generator = torch.Generator().manual_seed(seed)
+    # The training shuffle is a function of (seed, epoch) alone (DistributedSampler with set_epoch,
+    # one replica in a single process), so an exact resume needs no generator state, also with
+    # worker processes; the loader's own generator only seeds the workers.
+    train_sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    train_loader = DataLoader(train, sampler=train_sampler, generator=torch.Generator().manual_seed(seed), **options)
     if world_size > 1:
-        train_sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        val_sampler = DistributedSampler(val, num_replicas=world_size, rank=rank, shuffle=False)
-        train_loader = DataLoader(train, sampler=train_sampler, generator=generator, **options)
-        val_loader = DataLoader(val, sampler=val_sampler, **options)
+        val_loader = DataLoader(val, sampler=DistributedSampler(val, num_replicas=world_size, rank=rank,
+                                                                shuffle=False), **options)
     else:
-        train_loader = DataLoader(train, shuffle=True, generator=generator, **options)
         val_loader = DataLoader(val, shuffle=False, **options)
     return train_loader, val_loader
 

@@ -56,9 +56,13 @@ def build_model(config: dict[str, Any], device: torch.device | str | None = None
 
 def save_checkpoint(path: str | os.PathLike, ddpm: DiffusionModel, config: dict[str, Any], **extra: Any) -> None:
     """Write ``{format, version, config, model, **extra}`` to ``path`` atomically."""
+    atomic_save(dict(format=FORMAT, version=VERSION, config=config, model=ddpm.state_dict(), **extra), path)
+
+
+def atomic_save(payload: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = dict(format=FORMAT, version=VERSION, config=config, model=ddpm.state_dict(), **extra)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -154,6 +154,14 @@ class DiffusionModel(nn.Module):
         """The x_0 implied by a noise prediction: Eq. 4 solved for x_0."""
         return (x_t - self.sqrt_one_minus_alpha_bars[t] * eta_theta) / self.sqrt_alpha_bars[t]
 
+    def p_mean(self, x_t: torch.Tensor, t: int, eta_theta: torch.Tensor) -> torch.Tensor:
+        """The reverse step's mean, Eq. 7: ``(x_t - beta_t / sqrt(1 - abar_t) * eps_theta) / sqrt(alpha_t)``.
+
+        Algorithm 2 writes (1 - alpha_t) / sqrt(1 - alpha_t); Eq. 7 has the correct
+        beta_t / sqrt(1 - alpha_bar_t), which is what the paper's own listing computes.
+        """
+        return (x_t - self.betas[t] / self.sqrt_one_minus_alpha_bars[t] * eta_theta) / self.alphas[t].sqrt()
+
     def step(
         self,
         x_t: torch.Tensor,
@@ -174,16 +182,13 @@ class DiffusionModel(nn.Module):
             z: the noise to add (for tests); drawn when None and t > 0.
         """
         eta_theta = self._predict(x_t, t, eta_theta)
-        alpha_t, beta_t = self.alphas[t], self.betas[t]
-        # Algorithm 2 writes (1 - alpha_t) / sqrt(1 - alpha_t); Eq. 7 has the correct
-        # beta_t / sqrt(1 - alpha_bar_t), which is what the paper's own listing computes.
-        mean = (x_t - beta_t / self.sqrt_one_minus_alpha_bars[t] * eta_theta) / alpha_t.sqrt()
+        mean = self.p_mean(x_t, t, eta_theta)
         x0_pred = self.predict_x0(x_t, t, eta_theta)
         if t == 0:
             return ReverseStep(mean, x0_pred)
         if z is None:
             z = torch.randn_like(x_t)
-        return ReverseStep(mean + beta_t.sqrt() * z, x0_pred)  # sigma_t = sqrt(beta_t)
+        return ReverseStep(mean + self.betas[t].sqrt() * z, x0_pred)  # sigma_t = sqrt(beta_t)
 
     def ddim_step(
         self,

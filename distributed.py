@@ -39,6 +39,8 @@ def is_main_process() -> bool:
 def setup(device_name: str) -> torch.device:
     """Join the process group torchrun prepared (NCCL on CUDA, gloo on CPU); return this rank's device."""
     local_rank = int(os.environ["LOCAL_RANK"])
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA device")
     use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)

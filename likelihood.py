@@ -4,8 +4,8 @@ Ho et al. (2020), Eq. 5: ``L = L_T + sum_{t=2..T} L_{t-1} + L_0`` with
 
 * ``L_T = KL(q(x_T | x_0) || N(0, I))``;
 * ``L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))``, the forward
-  posterior (Ho et al. Eq. 6-7) against the model's reverse step (the mean of
-  the tutorial's Eq. 7, variance ``sigma_t^2 = beta_t``);
+  posterior (Ho et al. Eq. 6-7) against the model's reverse step
+  (``DiffusionModel.p_mean``, the tutorial's Eq. 7, variance ``sigma_t^2 = beta_t``);
 * ``L_0 = -log p_theta(x_0 | x_1)``, a Gaussian with the reverse step's mean and
   variance, discretized to the 256 grey levels of [-1, 1] (Ho et al. Eq. 13).
 
@@ -54,12 +54,6 @@ def q_posterior(ddpm: DiffusionModel, x_0: torch.Tensor, x_t: torch.Tensor, t: i
     return mean, var.expand_as(mean)
 
 
-def p_mean(ddpm: DiffusionModel, x_t: torch.Tensor, t: int, eta_theta: torch.Tensor) -> torch.Tensor:
-    """The reverse step's mean (the tutorial's Eq. 7), in float64."""
-    return (x_t.double() - ddpm.betas[t].double() / ddpm.sqrt_one_minus_alpha_bars[t].double()
-            * eta_theta.double()) / ddpm.alphas[t].double().sqrt()
-
-
 class BoundTerms(NamedTuple):
     """Per-image terms of the bound, in nats: L_T, the sum of the L_{t-1}, L_0."""
 
@@ -96,7 +90,7 @@ def bound_terms(ddpm: DiffusionModel, x_0: torch.Tensor, generator: torch.Genera
             t_batch = torch.full((n,), t, device=device, dtype=torch.long)
             x_t, _ = ddpm.add_noise(x_0, t_batch, noise)
             eta_theta = ddpm.backward(x_t, t_batch)
-            mean = p_mean(ddpm, x_t, t, eta_theta)
+            mean = ddpm.p_mean(x_t, t, eta_theta).double()  # Eq. 7
             var = ddpm.betas[t].double().expand_as(mean)  # sigma_t^2 = beta_t
             if t == 0:
                 decoder = -per_image(discretized_gaussian_log_likelihood(x_0, mean, var.sqrt()))

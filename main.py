@@ -186,6 +186,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
     if args.gif is not None and not args.sample:
         parser.error("--gif needs --sample")
+    if args.resume and not args.train:
+        parser.error("--resume needs --train")
+    if args.eta != 0 and args.sampler != "ddim":
+        parser.error("--eta needs --sampler ddim")
+    if (args.bpd_images or args.judge_dir) and not args.evaluate:
+        parser.error("--bpd-images and --judge-dir need --evaluate")
     return args
 
 
@@ -258,6 +264,12 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
         if ckpt["config"]["dataset"] != args.dataset:
             log.warning("Resuming a %s run (ignoring --dataset %s)", ckpt["config"]["dataset"], args.dataset)
         args.dataset = ckpt["config"]["dataset"]
+        saved = ckpt.get("train_args", {})
+        for key, now in (("batch_size", args.batch_size), ("seed", args.seed),
+                         ("world_size", distributed.world_size())):
+            if saved.get(key) != now:  # the replayed epoch order would differ
+                raise UsageError(f"cannot resume {last} exactly: it was trained with {key} {saved.get(key)}, "
+                                 f"this run has {now}; resume with the same settings")
         resume = dict(ckpt["progress"], history=ckpt["history"])
     else:
         ddpm = new_model(args, device)
@@ -306,9 +318,10 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
     log.info("Best checkpoint: %s; loss curves: %s", checkpoint, curves)
 
 
-def load_data(args: argparse.Namespace, device: torch.device, dataset: str | None = None):
+def load_data(args: argparse.Namespace, device: torch.device, dataset: str | None = None, seed: int | None = None):
     """Train and validation loaders of ``dataset`` (default: --dataset) with the CLI's data options."""
-    return get_data_loaders(dataset or args.dataset, args.batch_size, args.data_root, seed=args.seed,
+    return get_data_loaders(dataset or args.dataset, args.batch_size, args.data_root,
+                            seed=args.seed if seed is None else seed,
                             rank=distributed.rank(), world_size=distributed.world_size(),
                             num_workers=args.num_workers, device=device, persian_zip=args.persian_zip,
                             extract_dir=args.extract_dir, skip_bad_files=args.skip_bad_files)
@@ -361,13 +374,17 @@ def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Pa
              f", GIF {gif}" if gif else "")
 
 
-def judge_cache(args: argparse.Namespace, dataset: str) -> Path:
-    """Where the judge classifier is cached: --judge-dir, else beside the data, else ./data/judges."""
+def judge_cache(args: argparse.Namespace, dataset: str, split_seed: int) -> Path:
+    """Where the judge classifier is cached: --judge-dir, else beside the data, else ./data/judges.
+
+    The Persian split depends on the seed, so its judges are cached per split seed.
+    """
+    name = f"judge_{dataset}.pt" if dataset == "mnist" else f"judge_{dataset}_split{split_seed}.pt"
     if args.judge_dir:
-        return Path(args.judge_dir) / f"judge_{dataset}.pt"
+        return Path(args.judge_dir) / name
     beside_data = Path(args.data_root) / "judges"
     folder = beside_data if is_writable_dir(beside_data) else Path("data") / "judges"
-    return folder / f"judge_{dataset}.pt"
+    return folder / name
 
 
 def evaluate_quality(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
@@ -377,12 +394,19 @@ def evaluate_quality(args: argparse.Namespace, device: torch.device, checkpoint:
     dataset = ckpt["config"]["dataset"]
     steps = len(sampling_steps(ddpm.timesteps, options["sampler"], options["sample_steps"]))
     report_path = ensure_writable(out_dir / f"quality_{dataset}_{args.sampler}{steps}.json")
-    train_loader, val_loader = load_data(args, device, dataset)
-    judge, judge_accuracy = load_or_train_judge(judge_cache(args, dataset), train_loader, val_loader, device)
-    val_features, _ = judge_outputs(judge, val_loader, device)
     n = args.n_samples
+    if n < 2:
+        raise UsageError("--evaluate needs --n-samples >= 2 (the Frechet distance fits a covariance)")
+    if n <= 128:
+        log.warning("--n-samples %d is not above the judge's 128 features: the Frechet distance is unreliable", n)
+    # The validation set must be the one the model did not train on: the split seed of the training run.
+    split_seed = ckpt.get("train_args", {}).get("seed", args.seed)
+    train_loader, val_loader = load_data(args, device, dataset, seed=split_seed)
     if n > len(train_loader.dataset):
         raise UsageError(f"--n-samples {n} is more than the {len(train_loader.dataset)} training images")
+    judge, judge_accuracy = load_or_train_judge(judge_cache(args, dataset, split_seed), train_loader, val_loader,
+                                                device)
+    val_features, _ = judge_outputs(judge, val_loader, device)
     real = torch.stack([train_loader.dataset[i][0] for i in range(n)])
     start = time.perf_counter()
     samples = sample(ddpm, n, device, gif_name=None, seed=args.seed, **options)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from checkpoint import atomic_save
 from distributed import progress_bar
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,13 @@ def accuracy(judge: DigitClassifier, loader: DataLoader, device: torch.device | 
 def train_classifier(
     train_loader: DataLoader, val_loader: DataLoader, device: torch.device | str, epochs: int = 2, seed: int = 0
 ) -> tuple[DigitClassifier, float]:
-    """Train the judge with Adam and cross-entropy; returns it with its validation accuracy."""
-    torch.manual_seed(seed)
-    judge = DigitClassifier().to(device)
+    """Train the judge with Adam and cross-entropy; returns it with its validation accuracy.
+
+    ``seed`` fixes its initial weights without touching the caller's random state.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        judge = DigitClassifier().to(device)
     optim = torch.optim.Adam(judge.parameters(), lr=1e-3)
     for epoch in range(epochs):
         judge.train()
@@ -105,11 +109,8 @@ def load_or_train_judge(
             log.warning("ignoring the judge cache %s (%s): training a new judge", cache_path, exc)
     log.info("Training the judge classifier (cached at %s)", cache_path)
     judge, acc = train_classifier(train_loader, val_loader, device, epochs=epochs)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        torch.save(dict(format=JUDGE_FORMAT, version=JUDGE_VERSION, model=judge.state_dict(), val_accuracy=acc), f)
-    os.replace(tmp, cache_path)
+    atomic_save(dict(format=JUDGE_FORMAT, version=JUDGE_VERSION, model=judge.state_dict(), val_accuracy=acc),
+                cache_path)
     judge.eval()
     return judge, acc
 

@@ -137,8 +137,9 @@ def training_loop(
     ``model`` is what the forward pass runs (a DistributedDataParallel wrapper
     of ``ddpm`` under torchrun); it defaults to ``ddpm``. ``resume`` is the
     ``progress`` dict of a saved state (with its ``history``): training goes on
-    from that epoch and batch, replaying the loader's shuffle, so that together
-    with the restored random state the run continues exactly. When
+    from that epoch and batch (the epoch's order is replayed: the sampler's
+    shuffle depends only on seed and epoch), so that together with the
+    restored random state the run continues exactly. When
     ``should_stop()`` turns true on any rank, the state is saved to the last
     checkpoint after the current batch and ``TrainingInterrupted`` is raised.
 
@@ -157,7 +158,6 @@ def training_loop(
     start_epoch = int(resume.get("epoch", 0))
     best_loss = min(history["val_loss"], default=float("inf"))
     main_process = distributed.is_main_process()
-    generator = train_loader.generator  # the shuffle's random state (None under a DistributedSampler)
 
     def save(path: Path, progress: dict[str, Any]) -> None:
         if save_fn is not None:
@@ -167,16 +167,14 @@ def training_loop(
                               initial=start_epoch, total=n_epochs):
         start = time.perf_counter()
         if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
+            train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, a function of (seed, epoch)
         resuming = resume.get("batch", 0) > 0 and epoch == start_epoch
-        if resume.get("loader_state") is not None and epoch == start_epoch and generator is not None:
-            generator.set_state(resume["loader_state"])
-        loader_state = generator.get_state() if generator is not None else None
         batches = iter(train_loader)
         skip = resume["batch"] if resuming else 0
         for _ in range(skip):  # replay the interrupted epoch's order up to where it stopped
             next(batches)
-        loss_sum, seen = (resume["loss_sum"], resume["seen"]) if resuming else (0.0, 0)
+        # The saved partial sums are totals over all ranks: rank 0 carries them on.
+        loss_sum, seen = (resume["loss_sum"], resume["seen"]) if resuming and main_process else (0.0, 0)
         model.train()
         for done, batch in enumerate(progress_bar(batches, leave=False, desc=f"Epoch {epoch + 1}/{n_epochs} - Training",
                                                   initial=skip, total=len(train_loader)), start=skip + 1):
@@ -191,8 +189,8 @@ def training_loop(
             loss_sum += loss.item() * len(x0)
             seen += len(x0)
             if should_stop is not None and distributed.any_rank(should_stop(), x0.device):
-                save(last_path, dict(epoch=epoch, batch=done, loss_sum=loss_sum, seen=seen,
-                                     loader_state=loader_state))
+                total_loss, total_seen = distributed.all_reduce_sum([loss_sum, seen], x0.device)
+                save(last_path, dict(epoch=epoch, batch=done, loss_sum=total_loss, seen=int(total_seen)))
                 raise TrainingInterrupted(last_path)
         loss_sum, seen = distributed.all_reduce_sum([loss_sum, seen], torch.device(device))
         epoch_train_loss = loss_sum / max(seen, 1)
@@ -207,8 +205,7 @@ def training_loop(
         line = (f"Epoch {epoch + 1}/{n_epochs} - Training Loss: {epoch_train_loss:.4f}, "
                 f"Validation Loss: {epoch_val_loss:.4f}, Learning Rate: {lr:.6f}, "
                 f"Time: {history['epoch_seconds'][-1]:.1f}s")
-        progress = dict(epoch=epoch + 1, batch=0, loss_sum=0.0, seen=0,
-                        loader_state=generator.get_state() if generator is not None else None)
+        progress = dict(epoch=epoch + 1, batch=0, loss_sum=0.0, seen=0)
         if epoch_val_loss < best_loss:
             best_loss = epoch_val_loss
             save(store_path, progress)

@@ -120,6 +120,9 @@ def test_user_errors_are_one_line_without_traceback(trained, tmp_path):
         (["--dataset", "cifar", "--train"], "invalid choice: 'cifar'"),
         ([], "nothing to do"),
         (["--gif", "x.gif", "--train"], "--gif needs --sample"),
+        (["--resume", "--sample"], "--resume needs --train"),
+        (["--sample", "--eta", "1"], "--eta needs --sampler ddim"),
+        (["--sample", "--bpd-images", "5"], "need --evaluate"),
     ],
 )
 def test_nonsensical_numbers_are_refused(args, message, capsys):

@@ -58,7 +58,13 @@ def test_mnist_loaders_shapes_range_labels(tmp_path, no_download):
     assert xs.shape == (6, 1, 28, 28)
     assert xs.min() == -1 and xs.max() == 1
     assert not val_loader.generator and isinstance(val_loader.sampler, torch.utils.data.SequentialSampler)
-    assert isinstance(train_loader.sampler, torch.utils.data.RandomSampler)
+    # The shuffle is a DistributedSampler with one replica: a function of (seed, epoch) alone.
+    sampler = train_loader.sampler
+    assert isinstance(sampler, torch.utils.data.DistributedSampler) and sampler.num_replicas == 1
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert sorted(first) == list(range(6)) and list(sampler) != first  # reshuffled each epoch
 
 
 def test_mnist_train_order_reproducible_with_seed(tmp_path, no_download):

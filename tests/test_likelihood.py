@@ -68,7 +68,7 @@ def test_prior_term_by_hand_and_terms_add_up():
     assert torch.allclose(bpd, (terms.prior + terms.diffusion + terms.decoder) / (4 * math.log(2)))
 
 
-def test_a_perfect_denoiser_gives_zero_diffusion_terms():
+def test_a_perfect_denoiser_leaves_only_the_variance_mismatch():
     """If eps_theta returns the true noise, the model's mean is the posterior mean at every t.
 
     Its KL to the posterior is then only the variance mismatch (beta_t vs beta-tilde_t),
@@ -96,6 +96,11 @@ def test_a_perfect_denoiser_gives_zero_diffusion_terms():
         beta_tilde = (1 - ddpm.alpha_bars[t - 1].double()) / (1 - ddpm.alpha_bars[t].double()) * beta
         expected += 4 * 0.5 * (math.log(beta / beta_tilde) + beta_tilde / beta - 1)
     assert torch.allclose(terms.diffusion, torch.full((2,), float(expected), dtype=torch.float64), rtol=1e-4)
+    # At t = 0 the mean is exactly x_0, so L_0 is the mass of N(0, beta_1) within +-1/255, per pixel.
+    phi = lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))  # noqa: E731
+    sigma = math.sqrt(ddpm.betas[0].item())
+    decoder = -4 * math.log(phi(1 / 255 / sigma) - phi(-1 / 255 / sigma))
+    assert torch.allclose(terms.decoder, torch.full((2,), decoder, dtype=torch.float64), rtol=1e-3)
 
 
 def test_bits_per_dim_over_a_loader():

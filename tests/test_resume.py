@@ -46,11 +46,13 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert ckpt_a["ema"]["num_updates"] == ckpt_b["ema"]["num_updates"]
 
 
-def test_two_epochs_equal_one_plus_one_resumed(data):
-    """Bit-for-bit on the CPU: weights, EMA, losses, learning rates."""
-    assert cli.main(train_args(data / "whole", 2)) == 0
-    assert cli.main(train_args(data / "parts", 1)) == 0
-    assert cli.main(train_args(data / "parts", 2, "--resume")) == 0
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_two_epochs_equal_one_plus_one_resumed(data, workers):
+    """Bit-for-bit on the CPU: weights, EMA, losses, learning rates (also with a loader worker)."""
+    w = ("--num-workers", workers)
+    assert cli.main(train_args(data / "whole", 2, *w)) == 0
+    assert cli.main(train_args(data / "parts", 1, *w)) == 0
+    assert cli.main(train_args(data / "parts", 2, "--resume", *w)) == 0
     assert_same_run(data / "whole", data / "parts")
     hist, ckpt = final_state(data / "parts")
     assert len(hist["train_loss"]) == 2 and ckpt["progress"]["epoch"] == 2
@@ -81,10 +83,18 @@ def test_resume_without_a_checkpoint_is_a_clear_error(data, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
 
 
+def test_resume_with_other_settings_is_refused(data, capsys):
+    assert cli.main(train_args(data / "run", 1)) == 0
+    args = train_args(data / "run", 2, "--resume")
+    args[args.index("--batch-size") + 1] = "4"
+    assert cli.main(args) == 1
+    assert "trained with batch_size 8, this run has 4" in capsys.readouterr().err
+
+
 def test_sigterm_mid_run_leaves_a_loadable_checkpoint(tmp_path):
     make_mnist(tmp_path / "data", n_train=400, n_test=8)  # 50 batches per epoch
     out = tmp_path / "run"
-    args = [a if a != "--quiet" else "--seed" for a in train_args(out, 30)] + ["3"]
+    args = [a for a in train_args(out, 30) if a != "--quiet"]  # the log must show the signal
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = out / "ddpm_model_last.pt"
