@@ -7,7 +7,7 @@ no-op for a single process, so the rest of the package does not branch on it.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -82,6 +82,35 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+class MainProcessFailed(Exception):
+    """Raised on the other ranks when rank 0 failed in ``main_process_first``."""
+
+
+def main_process_first(prepare: Callable[[], None]) -> None:
+    """Run ``prepare`` on rank 0 alone while the other ranks wait, then go on together.
+
+    For what one process must do before the others start (check output paths,
+    download the data, draw figures). If it raises on rank 0, rank 0 re-raises
+    it and every other rank raises ``MainProcessFailed``, so no rank is left
+    waiting for a collective that never comes. A no-op wrapper in one process.
+    """
+    if not is_distributed():
+        prepare()
+        return
+    error: BaseException | None = None
+    if is_main_process():
+        try:
+            prepare()
+        except BaseException as exc:  # Ctrl-C too: shared with the other ranks below, then re-raised
+            error = exc
+    failed = [error is not None]
+    dist.broadcast_object_list(failed, src=0)  # the other ranks wait here for rank 0
+    if error is not None:
+        raise error
+    if failed[0]:
+        raise MainProcessFailed("rank 0 failed to prepare the run (its error is above); stopping this rank too")
 
 
 def progress_bar(iterable: Any, **kwargs: Any) -> tqdm:

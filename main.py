@@ -26,10 +26,22 @@ from torch.optim.lr_scheduler import StepLR
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import distributed
+import fastpath
 from checkpoint import CheckpointError, load_checkpoint, model_config, save_checkpoint
 from Dataset import DATASETS, IMAGE_SIZES, DatasetError, get_data_loaders, is_writable_dir, save_dataset_samples
 from diffusion_model import DiffusionModel
 from ema import EMA
+from fastpath import (
+    PARTS,
+    describe,
+    loss_function,
+    make_optimizer,
+    parse_parts,
+    prepare_model,
+    recommended_parts,
+    restore_optimizer,
+    to_tensor_loader,
+)
 from likelihood import bits_per_dim
 from quality import format_table, judge_outputs, load_or_train_judge, score
 from unet import ARCHITECTURES, MyUNet
@@ -88,6 +100,14 @@ def open_unit_interval(text: str) -> float:
     return value
 
 
+def fast_parts(text: str) -> frozenset[str]:
+    """argparse type of --fast-parts: a comma-separated list of ``fastpath.PARTS``."""
+    try:
+        return parse_parts(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py",
@@ -141,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ema-decay", type=non_negative_float, default=0.999,
                        help="decay of the exponential moving average of the weights (with warm-up); 0 turns it off")
     train.add_argument("--lr-gamma", type=positive_float, default=0.5, help="StepLR: factor of each cut")
+    train.add_argument("--fast", action="store_true",
+                       help="train with the fast-path parts chosen for this device type (CPU, measured by "
+                            f"bench/bench_speed.py: {describe(fastpath.RECOMMENDED['cpu'])}; CUDA, not measured "
+                            f"here: {describe(fastpath.RECOMMENDED['cuda'])}); validation and sampling stay fp32 eager")
+    train.add_argument("--fast-parts", type=fast_parts, default=None, metavar="PART[,PART...]",
+                       help=f"train with exactly these fast-path parts, from: {', '.join(PARTS)} "
+                            "('none' is the paper's fp32 eager path, the default)")
 
     samp = p.add_argument_group("sampling")
     samp.add_argument("--checkpoint", default=None,
@@ -188,6 +215,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--gif needs --sample")
     if args.resume and not args.train:
         parser.error("--resume needs --train")
+    if (args.fast or args.fast_parts is not None) and not args.train:
+        parser.error("--fast and --fast-parts need --train")
+    if args.fast and args.fast_parts is not None:
+        parser.error("give --fast or --fast-parts, not both")
     if args.eta != 0 and args.sampler != "ddim":
         parser.error("--eta needs --sampler ddim")
     if (args.bpd_images or args.judge_dir) and not args.evaluate:
@@ -274,16 +305,24 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
     else:
         ddpm = new_model(args, device)
     config = model_config(args.dataset, ddpm)
+    parts = recommended_parts(device) if args.fast else (args.fast_parts or frozenset())
+    prepare_model(ddpm, parts)
     train_loader, val_loader = load_data(args, device)
+    if "tensor_data" in parts:
+        train_loader = to_tensor_loader(train_loader, device)
     model = ddpm
     if distributed.is_distributed():
         model = DistributedDataParallel(ddpm, device_ids=[device.index] if device.type == "cuda" else None,
                                         forward_sync_buffers=False)  # the schedule buffers never change
-    optim = torch.optim.Adam(ddpm.parameters(), lr=args.lr)
+    optim = make_optimizer(ddpm.parameters(), args.lr, parts)
     scheduler = StepLR(optim, step_size=args.lr_step, gamma=args.lr_gamma)
     ema = EMA(ddpm.backward_process_model, args.ema_decay) if args.ema_decay > 0 else None
     if resume is not None:
-        optim.load_state_dict(ckpt["optimizer"])
+        restore_optimizer(optim, ckpt["optimizer"])
+        if sorted(parts) != ckpt.get("train_args", {}).get("fast_parts", []):
+            log.warning("Resuming with fast-path parts %s; the run was trained with %s: the rest of the run "
+                        "will not repeat an uninterrupted one exactly", describe(parts),
+                        describe(ckpt.get("train_args", {}).get("fast_parts", [])))
         scheduler.load_state_dict(ckpt["scheduler"])
         if ema is not None and "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
@@ -291,13 +330,13 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
         log.info("Resuming %s from epoch %d, batch %d", last_checkpoint_path(checkpoint),
                  resume["epoch"] + 1, resume["batch"])
     n_params = sum(p.numel() for p in ddpm.parameters() if p.requires_grad)
-    log.info("Training %s (%s UNet, %d trainable parameters) on %s for %d epochs: %d train / %d validation "
+    log.info("Training %s (%s UNet, %d trainable parameters) on %s (%s) for %d epochs: %d train / %d validation "
              "images, batch %d per process x %d processes = %d", args.dataset, config["network"]["arch"],
-             n_params, device, args.epochs, len(train_loader.dataset), len(val_loader.dataset), args.batch_size,
-             distributed.world_size(), args.batch_size * distributed.world_size())
+             n_params, device, describe(parts), args.epochs, len(train_loader.dataset), len(val_loader.dataset),
+             args.batch_size, distributed.world_size(), args.batch_size * distributed.world_size())
     train_args = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
                       lr_gamma=args.lr_gamma, seed=args.seed, ema_decay=args.ema_decay,
-                      world_size=distributed.world_size())
+                      world_size=distributed.world_size(), fast_parts=sorted(parts))
 
     def save(path: Path, state: dict[str, Any]) -> None:
         rngs = distributed.gather_objects(rng_state(device))  # a collective: every rank calls save
@@ -312,7 +351,8 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
     with StopRequest() as stop:
         history = training_loop(ddpm, train_loader, val_loader, args.epochs, optim, device,
                                 scheduler=scheduler, store_path=checkpoint, save_fn=save, loss_curve_path=curves,
-                                seed=args.seed, model=model, ema=ema, resume=resume, should_stop=stop)
+                                seed=args.seed, model=model, ema=ema, resume=resume, should_stop=stop,
+                                loss_fn=loss_function(model, parts, device) if parts else None)
     if distributed.is_main_process():
         (out_dir / f"history_{args.dataset}.json").write_text(json.dumps(history, indent=2))
     log.info("Best checkpoint: %s; loss curves: %s", checkpoint, curves)
@@ -417,7 +457,8 @@ def evaluate_quality(args: argparse.Namespace, device: torch.device, checkpoint:
     }
     log.info("Quality of %s (%s), %d samples drawn in %.1fs:\n%s", checkpoint, dataset, n, seconds,
              format_table(rows, judge_accuracy))
-    report = dict(checkpoint=str(checkpoint), dataset=dataset, ema=not args.no_ema and "ema" in ckpt, arch=ckpt["config"]["network"]["arch"],
+    report = dict(checkpoint=str(checkpoint), dataset=dataset, ema=not args.no_ema and "ema" in ckpt,
+                  arch=ckpt["config"]["network"]["arch"],
                   sampler=options, steps=steps, seed=args.seed, sampling_seconds=seconds,
                   judge_accuracy=judge_accuracy, rows=rows)
     if args.bpd_images > 0:
@@ -460,13 +501,18 @@ def run(args: argparse.Namespace) -> None:
     out_dir = Path(args.out_dir)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out_dir / "ddpm_model.pt"
     main_process = distributed.is_main_process()
+
+    def prepare() -> None:  # on rank 0 alone, before the other ranks read the data
+        ensure_writable(out_dir / "probe")
+        if args.train:
+            ensure_writable(checkpoint)
+            if distributed.is_distributed() and not args.resume:  # (a resumed run's data is there already)
+                load_data(args, device)  # downloads missing data once, not once per rank
+        if args.figures:
+            draw_figures(args, device, out_dir)
+
     try:
-        if main_process:
-            ensure_writable(out_dir / "probe")
-            if args.train:
-                ensure_writable(checkpoint)
-            if args.figures:
-                draw_figures(args, device, out_dir)
+        distributed.main_process_first(prepare)
         if args.train:
             train(args, device, checkpoint, out_dir)
     finally:
@@ -498,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm():
             run(args)
-    except (UsageError, CheckpointError, DatasetError) as exc:
+    except (UsageError, CheckpointError, DatasetError, distributed.MainProcessFailed) as exc:
         print(f"main.py: error: {one_line(exc)}", file=sys.stderr)
         return 1
     except TrainingInterrupted as exc:

@@ -117,6 +117,7 @@ def training_loop(
     ema: EMA | None = None,
     resume: dict[str, Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``ddpm`` with the loss of Eq. 8 (Algorithm 1; Figure 12) up to epoch ``n_epochs``.
 
@@ -142,6 +143,8 @@ def training_loop(
     restored random state the run continues exactly. When
     ``should_stop()`` turns true on any rank, the state is saved to the last
     checkpoint after the current batch and ``TrainingInterrupted`` is raised.
+    ``loss_fn(x0)`` replaces the fp32 eager loss computation of a batch (the
+    fast path of ``fastpath.loss_function``); validation always runs eager fp32.
 
     Returns the history: per-epoch ``train_loss``, ``val_loss``, ``lr`` and
     ``epoch_seconds``.
@@ -179,8 +182,11 @@ def training_loop(
         for done, batch in enumerate(progress_bar(batches, leave=False, desc=f"Epoch {epoch + 1}/{n_epochs} - Training",
                                                   initial=skip, total=len(train_loader)), start=skip + 1):
             x0 = batch[0].to(device, non_blocking=True)
-            _, noise, eta_theta = model(x0)
-            loss = get_loss(noise, eta_theta)
+            if loss_fn is None:
+                _, noise, eta_theta = model(x0)
+                loss = get_loss(noise, eta_theta)
+            else:
+                loss = loss_fn(x0)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()

@@ -75,3 +75,38 @@ def test_torchrun_two_processes_write_one_checkpoint_that_samples_alone(tmp_path
                             capture_output=True, text=True, timeout=300)
     assert sample.returncode == 0, sample.stderr
     assert (tmp_path / "runs" / "samples_mnist.png").is_file()
+
+
+def test_torchrun_stops_every_rank_when_rank_0_cannot_start(tmp_path):
+    """Rank 0 alone checks the output paths; when that fails, the other rank must stop too, not hang."""
+    make_mnist(tmp_path / "data", n_train=8, n_test=4)
+    (tmp_path / "a_file").write_text("")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
+           str(ROOT / "main.py"), "--dataset", "mnist", "--train", "--epochs", "1", "--timesteps", "10",
+           "--batch-size", "4", "--data-root", "data", "--device", "cpu", "--checkpoint", "a_file/model.pt"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "main.py: error: cannot write a_file/model.pt" in result.stderr  # rank 0
+    assert "main.py: error: rank 0 failed to prepare the run" in result.stderr  # rank 1, not left waiting
+    assert result.stderr.count("main.py: error:") == 2  # one line per rank
+    # The only traceback is torchrun's own summary of a failed child (ChildFailedError), none from main.py.
+    assert result.stderr.count("Traceback (most recent call last)") <= 1
+    assert "ChildFailedError" in result.stderr or "Traceback" not in result.stderr
+
+
+def test_main_process_first_in_one_process():
+    import distributed
+
+    calls = []
+    distributed.main_process_first(lambda: calls.append(1))
+    assert calls == [1]
+
+    def fail():
+        raise OSError("disk full")
+
+    try:
+        distributed.main_process_first(fail)
+    except OSError as exc:
+        assert str(exc) == "disk full"
+    else:
+        raise AssertionError("the error was swallowed")

@@ -1,0 +1,270 @@
+"""Training and sampling speed of the package, in one run on the same data and network.
+
+    python bench/bench_speed.py --data-root ../shared/data            # the full benchmark (~15 min on 2 cores)
+    python bench/bench_speed.py --data-root ../shared/data --quick    # a smoke run (~3 min)
+
+Prints, for MNIST and the default ('fixed') UNet at batch 128:
+
+1. Training images/s of the paper's fp32 eager path, of each fast-path part
+   alone (``fastpath.PARTS``) and of ``--fast`` (the parts kept), over the
+   same timed steps after a warm-up (which absorbs ``torch.compile``), with
+   the peak memory of the timed steps.
+2. One whole first epoch of the eager path and of ``--fast`` from the same
+   initial weights and data order, and of the eager path with the next seed:
+   wall time (compilation included), the loss curves in windows, and the
+   validation loss after the epoch. The fast path's curve is "within noise"
+   when no window moves further from the eager curve than the other seed's does.
+3. Sampling images/s of the 1000-step ancestral sampler (Algorithm 2) and of
+   DDIM with 50 steps at the same batch size, with peak memory.
+
+Every measurement runs in a fresh process (so no compilation cache, allocator
+pool or page cache of one is counted for another), one after the other.
+Peak memory is the process's peak resident set size during the measured part
+(its high-water mark, reset with /proc/self/clear_refs) on the CPU, and
+``torch.cuda.max_memory_allocated`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import fastpath  # noqa: E402
+from Dataset import get_data_loaders  # noqa: E402
+from diffusion_model import DiffusionModel  # noqa: E402
+from ema import EMA  # noqa: E402
+from unet import MyUNet  # noqa: E402
+from utils import evaluate, resolve_device, sample  # noqa: E402
+
+# --------------------------------------------------------------------------- memory
+
+
+def _status_kib(field: str) -> int:
+    match = re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())
+    return int(match.group(1)) if match else 0
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    elif Path("/proc/self/clear_refs").exists():
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _status_kib("VmHWM") / 1024
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- one measurement (child process)
+
+
+def build(seed: int, device: torch.device) -> DiffusionModel:
+    torch.manual_seed(seed)
+    return DiffusionModel(MyUNet(image_size=28), device=device)
+
+
+def train_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Train from a fresh seeded model with the parts in ``opts.parts``; time steps after the warm-up."""
+    parts = fastpath.parse_parts(opts.parts)
+    ddpm = fastpath.prepare_model(build(opts.seed, device), parts)
+    train_loader, val_loader = get_data_loaders("mnist", opts.batch_size, opts.data_root, seed=opts.seed,
+                                                device=device, download=False)
+    stack_start = time.perf_counter()
+    if "tensor_data" in parts:
+        train_loader = fastpath.to_tensor_loader(train_loader, device)
+    stack_seconds = time.perf_counter() - stack_start  # counted in the whole-epoch time
+    optim = fastpath.make_optimizer(ddpm.parameters(), 1e-3, parts)
+    ema = EMA(ddpm.backward_process_model, 0.999)
+    loss_fn = fastpath.loss_function(ddpm, parts, device)
+    train_loader.sampler.set_epoch(0)
+    n_steps = len(train_loader) if opts.epoch else opts.warmup + opts.steps
+    losses: list[float] = []
+    times: list[float] = []
+    ddpm.train()
+    start = time.perf_counter()
+    for step, (x0, _) in enumerate(train_loader):
+        if step == n_steps:
+            break
+        if step == opts.warmup and not opts.epoch:
+            sync(device)
+            reset_peak(device)
+            start_timed = time.perf_counter()
+        x0 = x0.to(device, non_blocking=True)
+        loss = loss_fn(x0)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        ema.update(ddpm.backward_process_model)
+        losses.append(loss.item())  # .item() synchronises, as the training loop's does
+        times.append(time.perf_counter() - start)
+    result: dict[str, Any] = dict(parts=sorted(parts), name=fastpath.describe(parts), losses=losses, times=times)
+    if opts.epoch:
+        result.update(seconds=times[-1] + stack_seconds, stack_seconds=stack_seconds, images=len(train_loader.dataset),
+                      val_loss=evaluate(ddpm, val_loader, device, seed=opts.seed))
+    else:
+        timed = time.perf_counter() - start_timed
+        result.update(warmup_seconds=times[opts.warmup - 1], seconds=timed, images=opts.steps * opts.batch_size,
+                      peak_mib=peak_mib(device))
+    result["images_per_s"] = result["images"] / result["seconds"]
+    return result
+
+
+def sample_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Draw ``opts.n_samples`` images with the sampler in ``opts.sampler`` from a fresh model."""
+    ddpm = build(opts.seed, device).eval()
+    steps = opts.sample_steps if opts.sampler == "ddim" else None
+    sample(ddpm, 2, device, seed=opts.seed, sampler="ddim", sample_steps=2, gif_name=None)  # warm the kernels
+    reset_peak(device)
+    start = time.perf_counter()
+    sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler=opts.sampler, sample_steps=steps, gif_name=None)
+    sync(device)
+    seconds = time.perf_counter() - start
+    return dict(name=f"{opts.sampler}-{steps or ddpm.timesteps}", seconds=seconds, images=opts.n_samples,
+                images_per_s=opts.n_samples / seconds, peak_mib=peak_mib(device))
+
+
+# --------------------------------------------------------------------------- the parent: run children, print tables
+
+
+def child(opts: argparse.Namespace, **kwargs: Any) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; return its JSON result."""
+    argv = [sys.executable, __file__, "--child", "--data-root", opts.data_root, "--device", opts.device,
+            "--seed", str(opts.seed), "--batch-size", str(opts.batch_size), "--steps", str(opts.steps),
+            "--warmup", str(opts.warmup), "--n-samples", str(opts.n_samples)]
+    for key, value in kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    with tempfile.TemporaryDirectory(prefix="bench-inductor-") as cache:  # no compiled code carried over
+        env = dict(os.environ, TQDM_DISABLE="1", TORCHINDUCTOR_CACHE_DIR=cache)
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def paired_windows(eager: list[float], fast: list[float], windows: int) -> list[tuple[float, float, float, float]]:
+    """Per window: the mean eager loss, the mean fast loss, and the mean and standard error of the
+    step-by-step differences (fast - eager). The two runs see the same batches in the same order, so
+    pairing them step by step cancels the loss's downward trend; the leftover steps join the last window."""
+    e = torch.tensor(eager, dtype=torch.float64)
+    f = torch.tensor(fast, dtype=torch.float64)
+    bounds = [round(w * len(e) / windows) for w in range(windows + 1)]
+    out = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        d = f[lo:hi] - e[lo:hi]
+        out.append((e[lo:hi].mean().item(), f[lo:hi].mean().item(), d.mean().item(),
+                    (d.std() / math.sqrt(len(d))).item()))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"), help="folder holding MNIST/raw")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="'auto': CUDA when available")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, t and noise")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size (the paper's)")
+    p.add_argument("--steps", type=int, default=40, help="timed training steps per path")
+    p.add_argument("--warmup", type=int, default=8, help="untimed training steps first (compilation happens here)")
+    p.add_argument("--n-samples", type=int, default=64, help="sampling batch size (both samplers)")
+    p.add_argument("--windows", type=int, default=10, help="windows of the first-epoch loss curve")
+    p.add_argument("--quick", action="store_true", help="smoke run: few steps, no whole epoch, 8 samples")
+    p.add_argument("--skip-epoch", action="store_true", help="skip the whole-epoch comparison")
+    p.add_argument("--json", default=None, help="also save every result to this JSON file")
+    # one measurement, in a child process
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--parts", default="none", help=argparse.SUPPRESS)
+    p.add_argument("--epoch", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--sampler", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--sample-steps", type=int, default=None, help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+    if opts.warmup < 1 or opts.steps < 1:
+        p.error("--warmup and --steps must be at least 1")
+    device = resolve_device(opts.device)
+    if opts.child:
+        result = sample_run(opts, device) if opts.sampler else train_run(opts, device)
+        print(json.dumps(result))
+        return
+    if opts.quick:
+        opts.steps, opts.warmup, opts.n_samples, opts.skip_epoch = 6, 3, 8, True
+    fast = fastpath.recommended_parts(device)
+    print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, MNIST, fixed UNet, "
+          f"batch {opts.batch_size}; --fast on {device.type} = {fastpath.describe(fast)}")
+    results: dict[str, Any] = {}
+
+    configs = ["none", *fastpath.PARTS, ",".join(sorted(fast))]
+    rows = []
+    for parts in configs:
+        r = child(opts, parts=parts)
+        rows.append(r)
+        print(f"  measured {r['name']}: {r['images_per_s']:.1f} img/s", flush=True)
+    eager = rows[0]
+    print(f"\nTraining, steady state ({opts.steps} timed steps of {opts.batch_size} images after {opts.warmup} "
+          "warm-up steps; 'fast' is the last row):")
+    print(f"{'path':<44} {'img/s':>8} {'x eager':>8} {'warm-up s':>10} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['name']:<44} {r['images_per_s']:8.1f} {r['images_per_s'] / eager['images_per_s']:8.2f} "
+              f"{r['warmup_seconds']:10.1f} {r['peak_mib']:9.0f}")
+    results["training"] = rows
+
+    if not opts.skip_epoch:
+        slow = child(opts, parts="none", epoch=True)
+        quick = child(opts, parts=",".join(sorted(fast)), epoch=True)
+        other = child(opts, parts="none", epoch=True, seed=opts.seed + 1)  # the yardstick of noise
+        results["epoch"] = [slow, quick, other]
+        print(f"\nOne whole first epoch ({slow['images']} images, same initial weights and data order; "
+              f"compilation and the {quick['stack_seconds']:.1f} s of stacking the data included):")
+        for label, r in (("fp32 eager", slow), ("fast", quick), (f"eager, seed {opts.seed + 1}", other)):
+            print(f"  {label:<15}: {r['seconds']:7.1f} s = {r['images_per_s']:6.1f} img/s, "
+                  f"validation loss {r['val_loss']:.4f}")
+        print(f"  fast / eager: {slow['seconds'] / quick['seconds']:.2f}x")
+        print(f"  loss curve in {opts.windows} windows of about {len(slow['losses']) // opts.windows} steps "
+              f"(mean training loss; d = fast - eager, paired step by step, +- its standard error; "
+              f"seed noise = eager seed {opts.seed + 1} - eager seed {opts.seed}):")
+        fast_gap = noise_gap = 0.0
+        for w, ((m1, m2, d, se), (_, m3, _, _)) in enumerate(zip(
+                paired_windows(slow["losses"], quick["losses"], opts.windows),
+                paired_windows(slow["losses"], other["losses"], opts.windows))):
+            fast_gap, noise_gap = max(fast_gap, abs(m2 - m1)), max(noise_gap, abs(m3 - m1))
+            z = d / se if se > 0 else 0.0
+            print(f"    window {w + 1:2d}: eager {m1:.4f}   fast {m2:.4f}   d {d:+.4f} +- {se:.4f} (z {z:+.1f})   "
+                  f"seed noise {m3 - m1:+.4f}")
+        verdict = "within" if fast_gap <= noise_gap else "NOT within"
+        print(f"  largest window gap: fast {fast_gap:.4f}, another seed {noise_gap:.4f}: the fast path's curve is "
+              f"{verdict} the noise of the seed")
+
+    samplers = [child(opts, sampler="ddpm"), child(opts, sampler="ddim", sample_steps=50)]
+    results["sampling"] = samplers
+    print(f"\nSampling {opts.n_samples} images at once (fresh weights; the cost does not depend on them):")
+    for r in samplers:
+        print(f"  {r['name']:<10} {r['seconds']:8.1f} s = {r['images_per_s']:7.2f} img/s, peak {r['peak_mib']:.0f} MiB")
+    print(f"  DDIM-50 is {samplers[1]['images_per_s'] / samplers[0]['images_per_s']:.1f}x faster than DDPM-1000")
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

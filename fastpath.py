@@ -1,0 +1,202 @@
+"""The training fast path: optional speed-ups of Algorithm 1 that leave its mathematics alone.
+
+The paper's path is fp32, eager, with a ``DataLoader`` that decodes every image
+through PIL transforms; it stays the default (and is what the tests train
+with). Each part below can be switched on by name (``--fast-parts``), and
+``bench/bench_speed.py`` measures each one alone and all together:
+
+``tensor_data``    the whole (transformed) training set held as one tensor on the
+                   training device, batches cut from it by index: no per-image
+                   PIL work, and on CUDA no host-to-device copy per batch.
+``foreach_adam``   Adam updating all parameters with multi-tensor (``foreach``) kernels.
+``fused_adam``     Adam as a single fused kernel (``fused=True``).
+``channels_last``  the network and its inputs in NHWC memory format.
+``bf16``           the forward pass under bfloat16 autocast (the loss and the
+                   weights stay float32).
+``compile``        the training loss (noising, network, Eq. 8) through ``torch.compile``.
+
+Nothing here changes which batches are drawn: ``TensorLoader`` cuts the same
+batches, in the same order, as the ``DataLoader`` it replaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from utils import get_loss
+
+log = logging.getLogger(__name__)
+
+PARTS = ("tensor_data", "foreach_adam", "fused_adam", "channels_last", "bf16", "compile")
+
+# What --fast switches on, per device type. The CPU set is what bench/bench_speed.py
+# measured to help on a 2-core x86_64 CPU (README, "Speed"); the CUDA set is the
+# customary one and was not measured here (no GPU was at hand).
+RECOMMENDED = {
+    "cpu": frozenset({"tensor_data", "fused_adam", "compile"}),
+    "cuda": frozenset({"tensor_data", "fused_adam", "channels_last", "bf16", "compile"}),
+}
+
+# tensor_data falls back to the DataLoader above this size (bytes of float32 images).
+MAX_TENSOR_BYTES = 4 * 2**30
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def parse_parts(text: str) -> frozenset[str]:
+    """``"compile,bf16"`` -> ``{"compile", "bf16"}``; ``""`` or ``"none"`` -> no part. Unknown names raise."""
+    names = {p.strip() for p in text.split(",") if p.strip()} - {"none"}
+    unknown = sorted(names - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown fast-path part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}")
+    if {"foreach_adam", "fused_adam"} <= names:
+        raise ValueError("choose one of foreach_adam and fused_adam, not both")
+    return frozenset(names)
+
+
+def recommended_parts(device: torch.device | str) -> frozenset[str]:
+    """The parts ``--fast`` uses on this device type (CPU: measured; CUDA: unmeasured defaults).
+
+    On a GPU without native bfloat16 (before Ampere) ``bf16`` is left out: emulated, it would slow training.
+    """
+    device = torch.device(device)
+    parts = RECOMMENDED.get(device.type, frozenset())
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        parts = parts - {"bf16"}
+    return parts
+
+
+def restore_optimizer(optim: torch.optim.Optimizer, state: dict) -> None:
+    """``optim.load_state_dict(state)``, keeping ``optim``'s own ``foreach``/``fused`` choice.
+
+    A saved state carries the implementation flags of the run that saved it;
+    loading them as they are would silently undo (or impose) ``fused_adam`` /
+    ``foreach_adam`` on a resumed run.
+    """
+    state = dict(state, param_groups=[dict(g) for g in state["param_groups"]])
+    for saved, now in zip(state["param_groups"], optim.param_groups):
+        for flag in ("foreach", "fused"):
+            if flag in now:
+                saved[flag] = now[flag]
+    optim.load_state_dict(state)
+
+
+def describe(parts: Iterable[str]) -> str:
+    """``"fp32 eager"`` for no part, else the parts in ``PARTS`` order joined by ``+``."""
+    chosen = [p for p in PARTS if p in set(parts)]
+    return "+".join(chosen) if chosen else "fp32 eager"
+
+
+# --------------------------------------------------------------------------- data
+
+
+class TensorLoader:
+    """Batches cut from one tensor of images (and one of labels) by a sampler's indices.
+
+    Yields ``(images, labels)`` exactly like a ``DataLoader(dataset, batch_size,
+    sampler=sampler)`` over the same data, in the same order, without
+    ``drop_last``. ``sampler`` keeps its ``set_epoch``, so the training loop's
+    per-epoch reshuffle and an exact resume work unchanged.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, sampler: Sampler,
+                 dataset: Dataset | None = None) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.dataset = dataset if dataset is not None else torch.utils.data.TensorDataset(images, labels)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long, device=self.images.device)
+        for batch in order.split(self.batch_size):
+            yield self.images[batch], self.labels[batch]
+
+
+def stack_dataset(dataset: Dataset, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``(image, label)`` of ``dataset`` through its transform, stacked into two tensors."""
+    images, labels = [], []
+    # A private generator: a loader without one draws its base seed from the global RNG, which would
+    # shift every later t and noise draw and make a tensor_data run differ from the eager one.
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator()):
+        images.append(x)
+        labels.append(torch.as_tensor(y))
+    return torch.cat(images), torch.cat(labels)
+
+
+def to_tensor_loader(loader: DataLoader, device: torch.device | str,
+                     max_bytes: int = MAX_TENSOR_BYTES) -> DataLoader | TensorLoader:
+    """``loader``'s data as a ``TensorLoader`` on ``device``, or ``loader`` itself when it does not fit.
+
+    "Fits" means at most ``max_bytes`` of float32 images and, on CUDA, at most
+    half of the free device memory. The stacking pass runs each image through
+    the dataset's transform once (a few seconds for MNIST).
+    """
+    device = torch.device(device)
+    dataset = loader.dataset
+    c_h_w = dataset[0][0].shape
+    need = len(dataset) * c_h_w.numel() * 4
+    limit = max_bytes
+    if device.type == "cuda":
+        limit = min(limit, torch.cuda.mem_get_info(device)[0] // 2)
+    if need > limit:
+        log.warning("tensor_data: the %d training images need %.1f GiB, more than %.1f GiB; "
+                    "keeping the DataLoader", len(dataset), need / 2**30, limit / 2**30)
+        return loader
+    images, labels = stack_dataset(dataset)
+    log.info("tensor_data: %d training images held as one %s tensor on %s (%.0f MiB)",
+             len(images), tuple(images.shape), device, need / 2**20)
+    return TensorLoader(images.to(device), labels.to(device), loader.batch_size, loader.sampler, dataset)
+
+
+# --------------------------------------------------------------------------- model and optimizer
+
+
+def make_optimizer(params: Iterable[nn.Parameter], lr: float, parts: frozenset[str]) -> torch.optim.Adam:
+    """Adam (lr of Figure 12): the default implementation, or the ``foreach``/``fused`` kernels."""
+    if "fused_adam" in parts:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    if "foreach_adam" in parts:
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def prepare_model(model: nn.Module, parts: frozenset[str]) -> nn.Module:
+    """Put the network's weights in NHWC order for ``channels_last`` (in place; returns ``model``)."""
+    if "channels_last" in parts:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def loss_function(model: nn.Module, parts: frozenset[str], device: torch.device | str) -> LossFn:
+    """``x0 -> `` the loss of Eq. 8 for one training draw of ``model`` (Algorithm 1, lines 2-5).
+
+    ``model`` is the ``DiffusionModel`` (or its DDP wrapper): its forward draws
+    t and the noise and predicts the noise. With no part this is the paper's
+    fp32 eager computation.
+    """
+    device = torch.device(device)
+    channels_last = "channels_last" in parts
+    bf16 = "bf16" in parts
+
+    def loss_of(x0: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            _, noise, eta_theta = model(x0)
+        return get_loss(noise, eta_theta.float())  # Eq. 8, in float32
+
+    return torch.compile(loss_of, dynamic=False) if "compile" in parts else loss_of
