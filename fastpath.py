@@ -36,10 +36,14 @@ log = logging.getLogger(__name__)
 PARTS = ("tensor_data", "foreach_adam", "fused_adam", "channels_last", "bf16", "compile")
 
 # What --fast switches on, per device type. The CPU set is what bench/bench_speed.py
-# measured to help on a 2-core x86_64 CPU (README, "Speed"); the CUDA set is the
-# customary one and was not measured here (no GPU was at hand).
+# measured to help on a 2-core x86_64 CPU with native bfloat16 (README, "Speed"):
+# convolutions are 87% of a training step, and channels-last and bf16 speed them up
+# (1.46x and 1.39x alone, 1.99x together). compile gained nothing on top of them after
+# a warm-up of over a minute per process; tensor_data and the Adam kernels moved by less
+# than the run-to-run noise of the machine (about 10%). They stay available through
+# --fast-parts. The CUDA set is the customary one and was not measured here (no GPU).
 RECOMMENDED = {
-    "cpu": frozenset({"tensor_data", "fused_adam", "compile"}),
+    "cpu": frozenset({"channels_last", "bf16"}),
     "cuda": frozenset({"tensor_data", "fused_adam", "channels_last", "bf16", "compile"}),
 }
 
@@ -63,13 +67,21 @@ def parse_parts(text: str) -> frozenset[str]:
 def recommended_parts(device: torch.device | str) -> frozenset[str]:
     """The parts ``--fast`` uses on this device type (CPU: measured; CUDA: unmeasured defaults).
 
-    On a GPU without native bfloat16 (before Ampere) ``bf16`` is left out: emulated, it would slow training.
+    Where the hardware has no native bfloat16 (a GPU before Ampere, a CPU without
+    AVX512-BF16 or AMX) ``bf16`` is left out: emulated, it would slow training.
     """
     device = torch.device(device)
     parts = RECOMMENDED.get(device.type, frozenset())
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        parts = parts - {"bf16"}
-    return parts
+    return parts if native_bf16(device) else parts - {"bf16"}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (CUDA: Ampere or newer; CPU: AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
 
 
 def restore_optimizer(optim: torch.optim.Optimizer, state: dict) -> None:
@@ -180,12 +192,18 @@ def prepare_model(model: nn.Module, parts: frozenset[str]) -> nn.Module:
     return model
 
 
-def loss_function(model: nn.Module, parts: frozenset[str], device: torch.device | str) -> LossFn:
+def loss_function(model: nn.Module, parts: frozenset[str], device: torch.device | str,
+                  batch_size: int | None = None) -> LossFn:
     """``x0 -> `` the loss of Eq. 8 for one training draw of ``model`` (Algorithm 1, lines 2-5).
 
     ``model`` is the ``DiffusionModel`` (or its DDP wrapper): its forward draws
     t and the noise and predicts the noise. With no part this is the paper's
     fp32 eager computation.
+
+    With ``compile``, batches of ``batch_size`` images (default: the size of
+    the first batch) run through one compiled graph; any other size (the short
+    last batch of an epoch) runs the same computation eagerly, instead of
+    paying a second compilation for one batch per epoch.
     """
     device = torch.device(device)
     channels_last = "channels_last" in parts
@@ -199,4 +217,14 @@ def loss_function(model: nn.Module, parts: frozenset[str], device: torch.device 
             _, noise, eta_theta = model(x0)
         return get_loss(noise, eta_theta.float())  # Eq. 8, in float32
 
-    return torch.compile(loss_of, dynamic=False) if "compile" in parts else loss_of
+    if "compile" not in parts:
+        return loss_of
+    compiled = torch.compile(loss_of, dynamic=False)
+    sizes = [batch_size]
+
+    def compiled_or_eager(x0: torch.Tensor) -> torch.Tensor:
+        if sizes[0] is None:
+            sizes[0] = x0.shape[0]
+        return compiled(x0) if x0.shape[0] == sizes[0] else loss_of(x0)
+
+    return compiled_or_eager

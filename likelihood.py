@@ -45,11 +45,14 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, std
     return torch.log((upper - lower).clamp_min(1e-12))
 
 
-def q_posterior(ddpm: DiffusionModel, x_0: torch.Tensor, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+def q_posterior(ddpm: DiffusionModel, x_0: torch.Tensor, x_t: torch.Tensor,
+                t: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of q(x_{t-1} | x_t, x_0) at 0-based step t >= 1 (Ho et al. Eq. 6-7)."""
     a_bar_t, a_bar_prev = ddpm.alpha_bars[t].double(), ddpm.alpha_bars[t - 1].double()
     beta_t, alpha_t = ddpm.betas[t].double(), ddpm.alphas[t].double()
-    mean = (a_bar_prev.sqrt() * beta_t / (1 - a_bar_t)) * x_0 + (alpha_t.sqrt() * (1 - a_bar_prev) / (1 - a_bar_t)) * x_t
+    coef_x0 = a_bar_prev.sqrt() * beta_t / (1 - a_bar_t)
+    coef_xt = alpha_t.sqrt() * (1 - a_bar_prev) / (1 - a_bar_t)
+    mean = coef_x0 * x_0 + coef_xt * x_t
     var = (1 - a_bar_prev) / (1 - a_bar_t) * beta_t
     return mean, var.expand_as(mean)
 

@@ -352,7 +352,7 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
         history = training_loop(ddpm, train_loader, val_loader, args.epochs, optim, device,
                                 scheduler=scheduler, store_path=checkpoint, save_fn=save, loss_curve_path=curves,
                                 seed=args.seed, model=model, ema=ema, resume=resume, should_stop=stop,
-                                loss_fn=loss_function(model, parts, device) if parts else None)
+                                loss_fn=loss_function(model, parts, device, args.batch_size) if parts else None)
     if distributed.is_main_process():
         (out_dir / f"history_{args.dataset}.json").write_text(json.dumps(history, indent=2))
     log.info("Best checkpoint: %s; loss curves: %s", checkpoint, curves)

@@ -98,7 +98,7 @@ def train_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     stack_seconds = time.perf_counter() - stack_start  # counted in the whole-epoch time
     optim = fastpath.make_optimizer(ddpm.parameters(), 1e-3, parts)
     ema = EMA(ddpm.backward_process_model, 0.999)
-    loss_fn = fastpath.loss_function(ddpm, parts, device)
+    loss_fn = fastpath.loss_function(ddpm, parts, device, opts.batch_size)
     train_loader.sampler.set_epoch(0)
     n_steps = len(train_loader) if opts.epoch else opts.warmup + opts.steps
     losses: list[float] = []
@@ -136,7 +136,8 @@ def sample_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]
     """Draw ``opts.n_samples`` images with the sampler in ``opts.sampler`` from a fresh model."""
     ddpm = build(opts.seed, device).eval()
     steps = opts.sample_steps if opts.sampler == "ddim" else None
-    sample(ddpm, 2, device, seed=opts.seed, sampler="ddim", sample_steps=2, gif_name=None)  # warm the kernels
+    # Warm the kernels at this batch size (2 DDIM steps), so neither sampler pays their set-up.
+    sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler="ddim", sample_steps=2, gif_name=None)
     reset_peak(device)
     start = time.perf_counter()
     sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler=opts.sampler, sample_steps=steps, gif_name=None)
@@ -193,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--windows", type=int, default=10, help="windows of the first-epoch loss curve")
     p.add_argument("--quick", action="store_true", help="smoke run: few steps, no whole epoch, 8 samples")
     p.add_argument("--skip-epoch", action="store_true", help="skip the whole-epoch comparison")
+    p.add_argument("--combos", default="",
+                   help="extra part combinations to time, ';'-separated, e.g. 'compile,bf16;bf16,channels_last'")
     p.add_argument("--json", default=None, help="also save every result to this JSON file")
     # one measurement, in a child process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
           f"batch {opts.batch_size}; --fast on {device.type} = {fastpath.describe(fast)}")
     results: dict[str, Any] = {}
 
-    configs = ["none", *fastpath.PARTS, ",".join(sorted(fast))]
+    combos = [",".join(sorted(fastpath.parse_parts(c))) for c in opts.combos.split(";") if c.strip()]
+    configs = ["none", *fastpath.PARTS, *combos, ",".join(sorted(fast))]
     rows = []
     for parts in configs:
         r = child(opts, parts=parts)

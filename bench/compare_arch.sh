@@ -22,4 +22,4 @@ for arch in paper fixed; do
   $PY main.py --evaluate --checkpoint "$OUT/$arch/ddpm_model.pt" --sampler ddpm \
     --n-samples "$N" --seed 0 --data-root "$DATA" --judge-dir "$OUT/judges" --out-dir "$OUT/$arch"
 done
-$PY bench/arch_table.py "$OUT"
+$PY bench/quality_table.py "$OUT"/{paper,fixed}/quality_mnist_{ddpm1000,ddim50}.json

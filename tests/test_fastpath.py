@@ -34,8 +34,15 @@ def test_parse_parts():
         fastpath.parse_parts("foreach_adam,fused_adam")
     assert fastpath.describe([]) == "fp32 eager"
     assert fastpath.describe({"compile", "tensor_data"}) == "tensor_data+compile"  # PARTS order
-    assert fastpath.recommended_parts("cpu") <= set(fastpath.PARTS)
     assert fastpath.recommended_parts("meta") == frozenset()
+
+
+def test_fast_leaves_out_bf16_where_it_would_be_emulated(monkeypatch):
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: True)
+    assert fastpath.recommended_parts("cpu") == {"channels_last", "bf16"}
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: False)
+    assert fastpath.recommended_parts("cpu") == {"channels_last"}
+    assert "bf16" not in fastpath.recommended_parts("cuda")
 
 
 def test_tensor_loader_cuts_the_dataloaders_batches():
@@ -132,8 +139,8 @@ class Small(nn.Module):
 def test_training_loop_runs_a_compiled_loss():
     torch.manual_seed(0)
     ddpm = DiffusionModel(Small(), timesteps=10, image_chw=(1, 8, 8))
-    data = TensorDataset(torch.rand(12, 1, 8, 8) * 2 - 1, torch.zeros(12, dtype=torch.long))
-    loader = DataLoader(data, batch_size=4)
+    data = TensorDataset(torch.rand(10, 1, 8, 8) * 2 - 1, torch.zeros(10, dtype=torch.long))
+    loader = DataLoader(data, batch_size=4)  # batches of 4, 4 and 2
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
@@ -141,7 +148,7 @@ def test_training_loop_runs_a_compiled_loss():
     history = utils.training_loop(ddpm, loader, loader, 2, torch.optim.Adam(ddpm.parameters(), lr=1e-2), "cpu",
                                   loss_fn=fastpath.loss_function(ddpm, frozenset({"compile"}), "cpu"))
     torch._dynamo.reset()
-    assert counters["stats"]["unique_graphs"] >= 1
+    assert counters["stats"]["unique_graphs"] == 1  # one graph; the short batch ran eagerly, not recompiled
     assert all(math.isfinite(v) for v in history["train_loss"] + history["val_loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, ddpm.parameters()))  # the compiled loss trained
 
@@ -193,6 +200,19 @@ def test_cli_fast_parts(tmp_path, monkeypatch, caplog):
     assert len(history["train_loss"]) == 1 and history["train_loss"][0] > 0
     assert cli.main(["--sample", "--n-samples", "2", "--device", "cpu"]) == 0
     assert (tmp_path / "runs" / "samples_mnist.png").is_file()
+
+
+def test_cli_fast_uses_the_devices_recommended_parts(tmp_path, monkeypatch, caplog):
+    make_mnist(tmp_path / "data", n_train=8, n_test=4)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: True)
+    with caplog.at_level(logging.INFO):
+        assert cli.main(["--train", "--fast", "--epochs", "1", "--data-root", "data", "--timesteps", "10",
+                         "--batch-size", "8", "--device", "cpu"]) == 0
+    assert "on cpu (channels_last+bf16)" in caplog.text
+    ckpt = torch.load(tmp_path / "runs" / "ddpm_model.pt", weights_only=True)
+    assert ckpt["train_args"]["fast_parts"] == ["bf16", "channels_last"]
 
 
 def test_tensor_data_and_adam_kernels_leave_the_run_unchanged(tmp_path, monkeypatch):

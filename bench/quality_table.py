@@ -1,0 +1,45 @@
+"""Print a Markdown table of `main.py --evaluate` reports (quality_<dataset>_<sampler><steps>.json).
+
+Usage: python bench/quality_table.py REPORT.json [REPORT.json ...]
+
+One row per report (the checkpoint's folder name in the first column, so reports of different
+runs can share a table), then the floor (real training images) of the last report, and the judge's
+accuracy. Bits/dim appear where a report has the likelihood bound (--bpd-images).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def histogram(scores: dict) -> str:
+    return " ".join(map(str, scores["class_histogram"]))
+
+
+def main(paths: list[Path]) -> None:
+    if not paths:
+        sys.exit(__doc__)
+    print("| run | weights | sampler | n | Frechet distance | classifier score | mostly white | blank | classes 0-9 "
+          "| sampling s | bits/dim |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for path in paths:
+        report = json.loads(path.read_text())
+        gen = next(v for k, v in report["rows"].items() if k.startswith("generated"))
+        sampler = f"{report['sampler']['sampler'].upper()}-{report['steps']}"
+        bound = report.get("likelihood_bound")
+        bpd = f"{bound['bits_per_dim']:.3f} ({bound['n_images']} images)" if bound else ""
+        run, weights = Path(report["checkpoint"]).parent.name, "EMA" if report.get("ema") else "raw"
+        print(f"| {run} | {weights} | {sampler} | {gen['n']} | "
+              f"{gen['frechet_distance']:.2f} | {gen['classifier_score']:.2f} | {gen['mostly_white']:.1%} | "
+              f"{gen['blank']:.1%} | {histogram(gen)} | {report['sampling_seconds']:.0f} | {bpd} |")
+    floor = report["rows"]["real training images (floor)"]
+    print(f"| real training images (floor) | | | {floor['n']} | {floor['frechet_distance']:.2f} | "
+          f"{floor['classifier_score']:.2f} | {floor['mostly_white']:.1%} | {floor['blank']:.1%} | "
+          f"{histogram(floor)} | | |")
+    print(f"\nJudge accuracy on the validation set: {report['judge_accuracy']:.2%}")
+
+
+if __name__ == "__main__":
+    main([Path(p) for p in sys.argv[1:]])
