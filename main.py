@@ -26,13 +26,13 @@ from torch.optim.lr_scheduler import StepLR
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import distributed
-import fastpath
 from checkpoint import CheckpointError, load_checkpoint, model_config, save_checkpoint
 from Dataset import DATASETS, IMAGE_SIZES, DatasetError, get_data_loaders, is_writable_dir, save_dataset_samples
 from diffusion_model import DiffusionModel
 from ema import EMA
 from fastpath import (
     PARTS,
+    RECOMMENDED,
     describe,
     loss_function,
     make_optimizer,
@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-gamma", type=positive_float, default=0.5, help="StepLR: factor of each cut")
     train.add_argument("--fast", action="store_true",
                        help="train with the fast-path parts chosen for this device type (CPU, measured by "
-                            f"bench/bench_speed.py: {describe(fastpath.RECOMMENDED['cpu'])}; CUDA, not measured "
-                            f"here: {describe(fastpath.RECOMMENDED['cuda'])}); validation and sampling stay fp32 eager")
+                            f"bench/bench_speed.py: {describe(RECOMMENDED['cpu'])}; CUDA, not measured "
+                            f"here: {describe(RECOMMENDED['cuda'])}); validation and sampling stay fp32 eager")
     train.add_argument("--fast-parts", type=fast_parts, default=None, metavar="PART[,PART...]",
                        help=f"train with exactly these fast-path parts, from: {', '.join(PARTS)} "
                             "('none' is the paper's fp32 eager path, the default)")
