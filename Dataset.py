@@ -2,26 +2,22 @@
 
 * MNIST (Figure 1): torchvision's ``MNIST``, ``ToTensor()`` then scaling to
   [-1, 1], 28x28; the official train split trains, the test split validates.
-* Persian digits (Figures 3-4): the zip of PNGs downloaded with ``gdown`` (or a
-  local zip / an already-extracted folder), read by ``PersianDigitDataset``,
-  resized to 64x64, scaled to [-1, 1] and split 95% / 5%.
-* ``save_dataset_samples`` draws training and validation samples (Figures 2, 5).
+* Persian digits (Figures 3-4): the folder of PNGs that ``persian_files`` finds,
+  extracts or downloads, read by ``PersianDigitDataset``, resized to 64x64,
+  scaled to [-1, 1] and split 95% / 5%.
 
 Every user-facing data problem raises ``DatasetError`` with a one-line message
 that says what is wrong and what to do; invalid arguments raise ``ValueError``.
+The figures of the data (Figures 2 and 5) are drawn by ``figures.save_dataset_samples``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
-import tempfile
-import zipfile
 import zlib
-from pathlib import Path, PurePosixPath
-from typing import Callable, Optional, Sequence, Union
+from pathlib import Path
+from typing import Callable, Optional, Union
 from urllib.error import URLError
 
 import torch
@@ -30,33 +26,25 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, ra
 from torchvision import datasets
 from torchvision.transforms import Compose, Lambda, Resize, ToTensor
 
-logger = logging.getLogger(__name__)
+from files import DEFAULT_DATA_ROOT, DatasetError, PathLike, error_text, is_writable_dir
+from persian_files import prepare_persian_digits
 
-PathLike = Union[str, os.PathLike]
+logger = logging.getLogger(__name__)
 
 IMAGE_SIZES = {"mnist": 28, "persian": 64}
 DATASETS = tuple(IMAGE_SIZES)
 
-DEFAULT_DATA_ROOT = Path("./data")
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-PERSIAN_FILE_ID = "1bK1gYdxK92jXtDAcuUvITx6pa4CnyPAw"
-PERSIAN_URL = f"https://drive.google.com/uc?export=download&id={PERSIAN_FILE_ID}"  # Figure 3
-PERSIAN_ZIP_NAME = "persian_digits.zip"
-PERSIAN_DIR_NAME = "persian_digits"
 TRAIN_RATIO = 0.95  # Figure 4
 LABELS = frozenset("0123456789")
 
 # Exceptions PIL raises for unreadable, truncated or hostile image files.
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError)
-
-
-class DatasetError(Exception):
-    """A user-facing data problem; the message says what is wrong and what to do."""
 
 
 # --------------------------------------------------------------------------- transforms
@@ -80,38 +68,6 @@ def persian_transform(size: int = IMAGE_SIZES["persian"]) -> Compose:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _one_line(error: BaseException, limit: int = 200) -> str:
-    """First line of an exception's text (with its type), shortened, for one-line messages."""
-    lines = str(error).strip().splitlines()
-    first = lines[0].strip().rstrip(":") if lines else ""
-    text = f"{type(error).__name__}: {first}" if first else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def is_writable_dir(path: Path) -> bool:
-    """Whether ``path`` (or, if absent, its nearest existing ancestor) can be written to.
-
-    Permission bits are honoured even for root, so a folder marked read-only
-    (such as a shared data folder) is never written into.
-    """
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-        return False
-    return bool(p.stat().st_mode & 0o222)
-
-
-def _has_png(folder: Path) -> bool:
-    """Whether ``folder`` holds at least one ``.png`` file anywhere below it (stops at the first)."""
-    if not folder.is_dir():
-        return False
-    for _, _, files in os.walk(folder):
-        if any(name.endswith(".png") for name in files):
-            return True
-    return False
 
 
 def _label_of(path: Path) -> Optional[int]:
@@ -197,7 +153,7 @@ class PersianDigitDataset(Dataset):
             with Image.open(path) as image:
                 image.verify()
         except _IMAGE_ERRORS as error:
-            return f"unreadable image ({_one_line(error)})"
+            return f"unreadable image ({error_text(error)})"
         return None
 
     def __len__(self) -> int:
@@ -210,190 +166,12 @@ class PersianDigitDataset(Dataset):
                 image = image.convert("L")  # grayscale, as in Figure 4
         except _IMAGE_ERRORS as error:
             raise DatasetError(
-                f"cannot read image {path} ({_one_line(error)}): "
+                f"cannot read image {path} ({error_text(error)}): "
                 "delete or replace it, or pass skip_bad_files=True"
             ) from error
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[idx]
-
-
-def _check_zip_members(archive: zipfile.ZipFile, zip_path: Path) -> None:
-    """Refuse a zip with a member that would be written outside the extraction folder, or with no PNG."""
-    for info in archive.infolist():
-        name = info.filename.replace("\\", "/")
-        if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in PurePosixPath(name).parts:
-            raise DatasetError(
-                f"zip {zip_path} holds member {info.filename!r} with an absolute path or '..': "
-                "refusing to extract anything; use a trusted copy of the archive"
-            )
-    if not any(n.endswith(".png") for n in archive.namelist()):
-        raise DatasetError(f"zip {zip_path} holds no .png images: is it the Persian digits archive?")
-
-
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Rename the finished extraction ``tmp`` to ``target`` (atomic on one file system)."""
-    try:
-        if target.is_dir() and not any(target.iterdir()):
-            target.rmdir()  # an empty leftover folder: rename needs the name free
-        os.rename(tmp, target)
-    except OSError as error:
-        if _has_png(target):  # another process finished the same extraction first
-            logger.info("%s was extracted meanwhile by another process: using it", target)
-            return
-        raise DatasetError(f"could not create {target} ({_one_line(error)}): remove it and run again") from error
-
-
-def extract_zip(zip_path: PathLike, target: PathLike) -> Path:
-    """Extract ``zip_path`` into ``target`` atomically (Figure 3's extraction step).
-
-    Every member is checked before anything is written (no absolute paths, no
-    ``..``); the archive is extracted into a temporary sibling folder that is
-    renamed to ``target`` only once extraction has succeeded, so a corrupt zip
-    never leaves a half-extracted folder behind. Returns ``target``.
-    """
-    zip_path, target = Path(zip_path), Path(target)
-    if _has_png(target):
-        logger.info("%s already holds extracted images: not extracting %s again", target, zip_path)
-        return target
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise DatasetError(f"{target} exists but holds no .png images: remove it and run again")
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise DatasetError(
-            f"{zip_path} is not a readable zip file ({_one_line(error)}): delete it and download it again"
-        ) from error
-    with archive:
-        _check_zip_members(archive, zip_path)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extracting-", dir=target.parent))
-        except OSError as error:
-            raise DatasetError(
-                f"cannot write into {target.parent} ({_one_line(error)}): pass extract_dir=<a writable folder>"
-            ) from error
-        try:
-            try:
-                archive.extractall(tmp)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-                raise DatasetError(
-                    f"{zip_path} is corrupt ({_one_line(error)}): delete it and download it again"
-                ) from error
-            except OSError as error:
-                raise DatasetError(
-                    f"could not extract {zip_path} into {target.parent} ({_one_line(error)}): "
-                    "check free disk space and permissions, or pass extract_dir=<another folder>"
-                ) from error
-            _move_into_place(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("extracted %s into %s", zip_path, target)
-    return target
-
-
-def _persian_extract_candidates(data_root: Path, extract_dir: Optional[PathLike]) -> list[Path]:
-    """Folders where the extracted Persian digits may live, in order of preference."""
-    if extract_dir is not None:
-        return [Path(extract_dir)]
-    candidates = [data_root / PERSIAN_DIR_NAME, DEFAULT_DATA_ROOT.absolute() / PERSIAN_DIR_NAME]
-    unique: list[Path] = []
-    for c in candidates:
-        if all(c.absolute() != u.absolute() for u in unique):
-            unique.append(c)
-    return unique
-
-
-def _download_persian_zip(folder: Path) -> Path:
-    """Download the Persian digits zip with gdown, as in Figure 3, into ``folder``."""
-    try:
-        import gdown
-    except ImportError as error:
-        raise DatasetError(
-            "the Persian digits were not found locally and gdown is not installed: "
-            f"pip install gdown, or pass persian_zip=<path to {PERSIAN_ZIP_NAME}>"
-        ) from error
-    output = folder / PERSIAN_ZIP_NAME
-    logger.info("downloading the Persian digits from %s", PERSIAN_URL)
-    try:
-        result = gdown.download(PERSIAN_URL, str(output), quiet=False)
-    except Exception as error:  # gdown raises many types (requests, its own errors)
-        raise DatasetError(
-            f"could not download the Persian digits ({_one_line(error)}): download {PERSIAN_URL} "
-            f"by hand and pass persian_zip=<path to the zip> or put it in the data root as {PERSIAN_ZIP_NAME}"
-        ) from error
-    if result is None or not output.is_file():  # older gdown versions return None on failure
-        raise DatasetError(
-            f"could not download the Persian digits from {PERSIAN_URL}: download it by hand "
-            "and pass persian_zip=<path to the zip>"
-        )
-    return output
-
-
-def prepare_persian_digits(
-    data_root: PathLike = DEFAULT_DATA_ROOT,
-    *,
-    persian_zip: Optional[PathLike] = None,
-    extract_dir: Optional[PathLike] = None,
-    download: bool = True,
-) -> Path:
-    """Return a folder of extracted Persian digit PNGs, extracting or downloading once if needed.
-
-    Order: ``persian_zip`` naming a folder is used as it is; otherwise an
-    extraction folder that already holds PNGs is reused (nothing is extracted or
-    downloaded); otherwise ``persian_zip`` (or ``<data_root>/persian_digits.zip``)
-    is extracted; otherwise, if ``download``, the zip is fetched with gdown,
-    extracted and removed (Figure 3; the listing's hard-coded ``/content``
-    paths are replaced by the data root).
-
-    Extraction folder: ``extract_dir`` if given; else ``<data_root>/persian_digits``;
-    if the data root is read-only (e.g. a shared data folder), ``./data/persian_digits``
-    (relative to the working directory), announced in a log line. Extraction is
-    atomic (see ``extract_zip``); delete the folder to extract again.
-    """
-    data_root = Path(data_root).expanduser()
-    if persian_zip is not None:
-        persian_zip = Path(persian_zip).expanduser()
-        if persian_zip.is_dir():
-            logger.info("using the extracted Persian digits in %s", persian_zip)
-            return persian_zip
-        if not persian_zip.is_file():
-            raise DatasetError(f"Persian digits zip {persian_zip} does not exist: check the path")
-    candidates = _persian_extract_candidates(data_root, extract_dir)
-    for folder in candidates:
-        if _has_png(folder):
-            logger.info("using the extracted Persian digits in %s", folder)
-            return folder
-    writable = [c for c in candidates if is_writable_dir(c)]
-    if not writable:
-        raise DatasetError(
-            f"cannot extract the Persian digits: {', '.join(map(str, candidates))} cannot be written "
-            "(read-only, or a file is in the way); "
-            "pass extract_dir=<a writable folder>"
-        )
-    target = writable[0]
-    if target != candidates[0]:
-        logger.info("data root %s is read-only: extracting the Persian digits into %s instead", data_root, target)
-    zip_path = persian_zip if persian_zip is not None else data_root / PERSIAN_ZIP_NAME
-    if zip_path.is_file():
-        return extract_zip(zip_path, target)
-    if not download:
-        raise DatasetError(
-            f"Persian digits not found (no PNGs in {', '.join(map(str, candidates))}, no {zip_path}) "
-            "and download is off: pass persian_zip=<zip or extracted folder> or allow the download"
-        )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        download_dir = tempfile.TemporaryDirectory(prefix=f".{target.name}.download-", dir=target.parent)
-    except OSError as error:
-        raise DatasetError(
-            f"cannot write into {target.parent} ({_one_line(error)}): pass extract_dir=<a writable folder>"
-        ) from error
-    # Leaving the block removes the downloaded zip, as the listing's os.remove does (Figure 3),
-    # and also a partial or corrupt download.
-    with download_dir as tmp:
-        return extract_zip(_download_persian_zip(Path(tmp)), target)
 
 
 def split_dataset(dataset: Dataset, seed: int = 0, train_ratio: float = TRAIN_RATIO) -> tuple[Subset, Subset]:
@@ -439,14 +217,14 @@ def load_mnist(data_root: PathLike = DEFAULT_DATA_ROOT, download: bool = True) -
         try:
             datasets.MNIST(str(data_root), train=True, download=True)
         except (RuntimeError, URLError, OSError) as error:
-            raise DatasetError(f"could not download MNIST ({_one_line(error, 120)}): {how_to}") from error
+            raise DatasetError(f"could not download MNIST ({error_text(error, 120)}): {how_to}") from error
     try:
         # download=False: the files are there, so nothing is fetched (the listing always passes True)
         train = datasets.MNIST(str(data_root), train=True, transform=mnist_transform(), download=False)
         val = datasets.MNIST(str(data_root), train=False, transform=mnist_transform(), download=False)
     except (AssertionError, RuntimeError, ValueError, KeyError, TypeError, OSError) as error:
         raise DatasetError(
-            f"MNIST files in {raw} are unreadable ({_one_line(error, 120)}): delete them and download again"
+            f"MNIST files in {raw} are unreadable ({error_text(error, 120)}): delete them and download again"
         ) from error
     return train, val
 
@@ -573,73 +351,17 @@ def get_data_loaders(
     return train_loader, val_loader
 
 
-# --------------------------------------------------------------------------- Figures 2 and 5
-
-
-def _as_dataset(data: Union[Dataset, DataLoader]) -> Dataset:
-    """The dataset behind a loader (indexed directly, so a seeded loader's shuffle order is untouched)."""
-    return data.dataset if isinstance(data, DataLoader) else data
-
-
-def save_dataset_samples(
-    train_data: Union[Dataset, DataLoader],
-    val_data: Union[Dataset, DataLoader],
-    path: PathLike,
-    n: int = 8,
-    columns: int = 8,
-) -> Path:
-    """Save a grid of the first ``n`` training and ``n`` validation samples to a PNG (Figures 2 and 5).
-
-    Each image is shown from [-1, 1] mapped to [0, 1], titled with its label.
-    Uses ``matplotlib.figure.Figure`` (Agg rendering, no pyplot, no window).
-    Returns the path written; raises ``DatasetError`` if it cannot be written.
-    """
-    if n < 1 or columns < 1:
-        raise ValueError(f"n and columns must be at least 1, got n={n}, columns={columns}")
-    from matplotlib.figure import Figure  # imported here: only this helper needs matplotlib
-
-    splits: Sequence[tuple[str, Dataset]] = (("train", _as_dataset(train_data)), ("validation", _as_dataset(val_data)))
-    counts = [min(n, len(ds)) for _, ds in splits]
-    cols = max(1, min(columns, max(counts)))
-    rows_per_split = [max(1, -(-c // cols)) for c in counts]
-    fig = Figure(figsize=(1.3 * cols, 1.5 * sum(rows_per_split)))
-    axes = fig.subplots(sum(rows_per_split), cols, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    row0 = 0
-    for (split, ds), count, rows in zip(splits, counts, rows_per_split):
-        for i in range(count):
-            image, label = ds[i]
-            ax = axes[row0 + i // cols][i % cols]
-            picture = ((torch.as_tensor(image).float() + 1) / 2).clamp(0, 1)
-            ax.imshow(picture.squeeze(0).numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"{split} {int(label)}", fontsize=8)
-        row0 += rows
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    except OSError as error:
-        raise DatasetError(f"cannot write {path} ({_one_line(error)}): choose a writable output path") from error
-    logger.info("saved dataset samples to %s", path)
-    return path
-
-
 __all__ = [
     "DATASETS",
     "IMAGE_SIZES",
     "DatasetError",
     "PersianDigitDataset",
     "default_num_workers",
-    "extract_zip",
     "get_data_loaders",
     "get_datasets",
     "load_mnist",
     "mnist_transform",
     "persian_transform",
-    "prepare_persian_digits",
-    "save_dataset_samples",
     "scale_to_minus_one_one",
     "split_dataset",
 ]

@@ -1,21 +1,35 @@
-"""Checkpoints: the weights plus everything needed to rebuild the model.
+"""Checkpoints: the weights, everything needed to rebuild the model, and the state of a training run.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts,
 loaded with ``torch.load(..., weights_only=True)``: data, never code. It is
 written atomically (temporary file, then rename), so a kill during a save never
-destroys the previous good checkpoint.
+destroys the previous good checkpoint. What it holds:
+
+* ``format``, ``version``: this package's marker;
+* ``config``: dataset, image shape, schedule and network (``model_config``), so
+  sampling rebuilds the model with no repeated flags;
+* ``model``: the ``DiffusionModel``'s ``state_dict`` (network and schedule buffers);
+* written by training (``TrainState.save``): ``history`` (per-epoch losses),
+  ``progress`` (epoch, batch and partial loss sums of an interrupted epoch),
+  ``train_args``, ``optimizer``, ``scheduler``, ``rng`` (every rank's random
+  state) and ``ema`` (the averaged weights) when the run keeps one.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
+import distributed
 from diffusion_model import DiffusionModel
+from ema import EMA
+from files import atomic_save
 from unet import MyUNet
 
 FORMAT = "ddpm-tutorial-checkpoint"
@@ -59,20 +73,6 @@ def save_checkpoint(path: str | os.PathLike, ddpm: DiffusionModel, config: dict[
     atomic_save(dict(format=FORMAT, version=VERSION, config=config, model=ddpm.state_dict(), **extra), path)
 
 
-def atomic_save(payload: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(
     path: str | os.PathLike, device: torch.device | str = "cpu"
 ) -> tuple[DiffusionModel, dict[str, Any]]:
@@ -100,3 +100,98 @@ def load_checkpoint(
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} does not match its own config ({type(exc).__name__}: {exc})") from exc
     return ddpm, ckpt
+
+
+def last_checkpoint_path(store_path: str | os.PathLike) -> Path:
+    """Where the last (resumable) state lives beside the best checkpoint: ``<stem>_last<suffix>``."""
+    store_path = Path(store_path)
+    return store_path.with_name(f"{store_path.stem}_last{store_path.suffix}")
+
+
+def new_history() -> dict[str, list[float]]:
+    """Per-epoch ``train_loss``, ``val_loss``, ``lr`` and ``epoch_seconds``, empty."""
+    return dict(train_loss=[], val_loss=[], lr=[], epoch_seconds=[])
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's global random state (CPU, and CUDA when training there)."""
+    return dict(torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+@dataclass
+class TrainState:
+    """Everything a training run carries from one step to the next, with its one save and one restore.
+
+    ``model`` is what the forward pass runs: ``ddpm`` itself, or its
+    ``DistributedDataParallel`` wrapper under torchrun. ``epoch`` counts the
+    finished epochs; ``batch``, ``loss_sum`` and ``seen`` are the position and
+    partial training-loss sums inside an interrupted epoch (all 0 between
+    epochs). ``dataset`` and ``train_args`` are recorded in the checkpoint.
+    """
+
+    ddpm: DiffusionModel
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler | None = None
+    ema: EMA | None = None
+    model: nn.Module | None = None
+    dataset: str = ""
+    train_args: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=new_history)
+    epoch: int = 0
+    batch: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = self.ddpm
+        if self.scheduler is None:  # Figure 12's schedule
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=10, gamma=0.5)
+
+    def step(self, x0: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """One optimisation step on a batch (Algorithm 1): loss, gradient, Adam step, EMA update."""
+        loss = loss_fn(x0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.ddpm.backward_process_model)
+        return loss
+
+    def progress(self) -> dict[str, Any]:
+        return dict(epoch=self.epoch, batch=self.batch, loss_sum=self.loss_sum, seen=self.seen)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole state to ``path`` (rank 0 writes; every rank must call it: it gathers random states)."""
+        rngs = distributed.gather_objects(rng_state(self.ddpm.device))
+        if not distributed.is_main_process():
+            return
+        extra = dict(ema=self.ema.state_dict()) if self.ema is not None else {}
+        save_checkpoint(path, self.ddpm, model_config(self.dataset, self.ddpm), history=self.history,
+                        progress=self.progress(), train_args=self.train_args,
+                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), rng=rngs,
+                        **extra)
+
+    def restore(self, ckpt: dict[str, Any],
+                load_optimizer: Callable[[torch.optim.Optimizer, dict], None] | None = None) -> None:
+        """Continue from a checkpoint dict written by ``save``: everything but the weights, already loaded.
+
+        ``load_optimizer(optimizer, state)`` loads the optimizer state (default:
+        ``optimizer.load_state_dict``; the fast path keeps its Adam kernel).
+        """
+        (load_optimizer or type(self.optimizer).load_state_dict)(self.optimizer, ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None and "ema" in ckpt:
+            self.ema.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"][distributed.rank()], self.ddpm.device)
+        self.history = ckpt["history"]
+        progress = ckpt["progress"]
+        self.epoch, self.batch = int(progress["epoch"]), int(progress["batch"])
+        self.loss_sum, self.seen = progress["loss_sum"], progress["seen"]

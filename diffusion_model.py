@@ -29,6 +29,21 @@ def _per_sample(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tenso
     return values[t.reshape(-1)].reshape(-1, *([1] * (ndim - 1)))
 
 
+def get_loss(noise: torch.Tensor, noise_pred: torch.Tensor) -> torch.Tensor:
+    """The simplified DDPM loss of Eq. 8: mean squared error between true and predicted noise."""
+    return torch.mean((noise - noise_pred) ** 2)
+
+
+def diffusion_loss(model: nn.Module, x_0: torch.Tensor) -> torch.Tensor:
+    """The training loss of one batch (Algorithm 1, lines 2-5): a training draw, then Eq. 8 in float32.
+
+    ``model`` is a ``DiffusionModel`` or a wrapper whose forward is one (``DistributedDataParallel``).
+    Every training path shares this: the loop, the fast path (which wraps it) and the benchmark.
+    """
+    _, noise, eta_theta = model(x_0)
+    return get_loss(noise, eta_theta.float())  # .float(): a bf16 autocast prediction is compared in float32
+
+
 class DiffusionModel(nn.Module):
     """DDPM with a linear beta schedule around a backward-process network (Listing 2).
 
@@ -128,17 +143,21 @@ class DiffusionModel(nn.Module):
         """
         return self.backward_process_model(x, t)
 
-    def forward(self, x_0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x_0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One training draw (Algorithm 1, lines 2-4): returns ``(noisy, noise, eta_theta)``.
 
-        Draws ``t ~ U{0..T-1}`` per sample (the paper's t ~ U{1..T}), noises x_0
-        with Eq. 4 and predicts the noise; the loss of Eq. 8 is
-        ``mse(eta_theta, noise)``. (Algorithm 1, line 5 writes sqrt(alpha_t) where
-        Eq. 4 and Eq. 9 have sqrt(alpha_bar_t); the closed form uses alpha_bar_t.)
+        Draws ``t ~ U{0..T-1}`` per sample (the paper's t ~ U{1..T}) and the noise
+        ``eta ~ N(0, I)``, from ``generator`` when given (``evaluate`` passes a
+        seeded one) else from the global random state, noises x_0 with Eq. 4 and
+        predicts the noise; the loss of Eq. 8 is ``get_loss(noise, eta_theta)``.
+        (Algorithm 1, line 5 writes sqrt(alpha_t) where Eq. 4 and Eq. 9 have
+        sqrt(alpha_bar_t); the closed form uses alpha_bar_t.)
         """
         n = x_0.shape[0]
-        t = torch.randint(0, self.timesteps, (n,), device=x_0.device)
-        noisy, noise = self.add_noise(x_0, t)
+        t = torch.randint(0, self.timesteps, (n,), generator=generator, device=x_0.device)
+        noisy, noise = self.add_noise(x_0, t, torch.randn_like(x_0, generator=generator))
         eta_theta = self.backward(noisy, t)
         return noisy, noise, eta_theta
 
@@ -196,27 +215,27 @@ class DiffusionModel(nn.Module):
         t: int,
         t_prev: int,
         eta_theta: torch.Tensor | None = None,
-        eta: float = 0.0,
+        ddim_eta: float = 0.0,
         z: torch.Tensor | None = None,
     ) -> ReverseStep:
         """One DDIM step from 0-based step ``t`` to ``t_prev < t`` (Song et al., 2021, Eq. 12).
 
         ``x_prev = sqrt(abar_prev) x0_pred + sqrt(1 - abar_prev - sigma^2) eps_theta + sigma z`` with
-        ``sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)``.
-        ``t_prev = -1`` means the clean image (abar = 1). ``eta = 0`` is deterministic;
-        ``eta = 1`` with every step (``t_prev = t - 1``) is DDPM with the posterior
+        ``sigma = ddim_eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)``.
+        ``t_prev = -1`` means the clean image (abar = 1). ``ddim_eta = 0`` (Song et al.'s eta) is
+        deterministic; ``ddim_eta = 1`` with every step (``t_prev = t - 1``) is DDPM with the posterior
         variance beta-tilde. The same trained network serves: no retraining.
         """
         if not -1 <= t_prev < t:
             raise ValueError(f"DDIM needs -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        if ddim_eta < 0:
+            raise ValueError(f"ddim_eta must be >= 0, got {ddim_eta}")
         eta_theta = self._predict(x_t, t, eta_theta)
         a_bar_t = self.alpha_bars[t]
         a_bar_prev = self.alpha_bars[t_prev] if t_prev >= 0 else torch.ones_like(a_bar_t)
         x0_pred = self.predict_x0(x_t, t, eta_theta)
-        sigma = eta * ((1 - a_bar_prev) / (1 - a_bar_t) * (1 - a_bar_t / a_bar_prev)).sqrt()
+        sigma = ddim_eta * ((1 - a_bar_prev) / (1 - a_bar_t) * (1 - a_bar_t / a_bar_prev)).sqrt()
         x_prev = a_bar_prev.sqrt() * x0_pred + (1 - a_bar_prev - sigma**2).clamp_min(0).sqrt() * eta_theta
-        if eta > 0 and t_prev >= 0:  # sigma > 0
+        if ddim_eta > 0 and t_prev >= 0:  # sigma > 0
             x_prev = x_prev + sigma * (torch.randn_like(x_t) if z is None else z)
         return ReverseStep(x_prev, x0_pred)

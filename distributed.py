@@ -1,4 +1,4 @@
-"""Training under torchrun: process group, rank checks and the few collectives training needs.
+"""Where a run computes: the device, and under torchrun the process group, rank checks and collectives.
 
 Without torchrun (no ``WORLD_SIZE`` in the environment) every helper here is a
 no-op for a single process, so the rest of the package does not branch on it.
@@ -34,6 +34,15 @@ def world_size() -> int:
 def is_main_process() -> bool:
     """Rank 0 writes checkpoints, figures and logs and shows progress bars."""
     return rank() == 0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device of a single process: ``auto`` means CUDA when available (the paper trains on CUDA), else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    return torch.device(name)
 
 
 def setup(device_name: str) -> torch.device:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils import get_loss
+from diffusion_model import diffusion_loss
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +194,11 @@ def prepare_model(model: nn.Module, parts: frozenset[str]) -> nn.Module:
 
 def loss_function(model: nn.Module, parts: frozenset[str], device: torch.device | str,
                   batch_size: int | None = None) -> LossFn:
-    """``x0 -> `` the loss of Eq. 8 for one training draw of ``model`` (Algorithm 1, lines 2-5).
+    """``x0 -> `` the training loss of one batch, ``diffusion_model.diffusion_loss`` wrapped in the parts.
 
-    ``model`` is the ``DiffusionModel`` (or its DDP wrapper): its forward draws
-    t and the noise and predicts the noise. With no part this is the paper's
-    fp32 eager computation.
+    ``model`` is the ``DiffusionModel`` (or its DDP wrapper). With no part this
+    is exactly ``diffusion_loss(model, x0)``, the paper's fp32 eager computation;
+    ``channels_last`` converts the batch, ``bf16`` runs it under autocast.
 
     With ``compile``, batches of ``batch_size`` images (default: the size of
     the first batch) run through one compiled graph; any other size (the short
@@ -214,8 +214,7 @@ def loss_function(model: nn.Module, parts: frozenset[str], device: torch.device 
             x0 = x0.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with autocast:
-            _, noise, eta_theta = model(x0)
-        return get_loss(noise, eta_theta.float())  # Eq. 8, in float32
+            return diffusion_loss(model, x0)
 
     if "compile" not in parts:
         return loss_of

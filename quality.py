@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from checkpoint import atomic_save
+from files import atomic_save
 from distributed import progress_bar
 
 log = logging.getLogger(__name__)

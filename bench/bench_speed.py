@@ -48,7 +48,9 @@ from Dataset import get_data_loaders  # noqa: E402
 from diffusion_model import DiffusionModel  # noqa: E402
 from ema import EMA  # noqa: E402
 from unet import MyUNet  # noqa: E402
-from utils import evaluate, resolve_device, sample  # noqa: E402
+from checkpoint import TrainState  # noqa: E402
+from distributed import resolve_device  # noqa: E402
+from utils import evaluate, sample  # noqa: E402
 
 # --------------------------------------------------------------------------- memory
 
@@ -97,7 +99,7 @@ def train_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         train_loader = fastpath.to_tensor_loader(train_loader, device)
     stack_seconds = time.perf_counter() - stack_start  # counted in the whole-epoch time
     optim = fastpath.make_optimizer(ddpm.parameters(), 1e-3, parts)
-    ema = EMA(ddpm.backward_process_model, 0.999)
+    state = TrainState(ddpm, optim, ema=EMA(ddpm.backward_process_model, 0.999))
     loss_fn = fastpath.loss_function(ddpm, parts, device, opts.batch_size)
     train_loader.sampler.set_epoch(0)
     n_steps = len(train_loader) if opts.epoch else opts.warmup + opts.steps
@@ -113,11 +115,7 @@ def train_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             reset_peak(device)
             start_timed = time.perf_counter()
         x0 = x0.to(device, non_blocking=True)
-        loss = loss_fn(x0)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        ema.update(ddpm.backward_process_model)
+        loss = state.step(x0, loss_fn)  # the training loop's own step
         losses.append(loss.item())  # .item() synchronises, as the training loop's does
         times.append(time.perf_counter() - start)
     result: dict[str, Any] = dict(parts=sorted(parts), name=fastpath.describe(parts), losses=losses, times=times)
@@ -181,6 +179,63 @@ def paired_windows(eager: list[float], fast: list[float], windows: int) -> list[
     return out
 
 
+def training_table(opts: argparse.Namespace, fast: frozenset[str]) -> Any:
+    """Time every fast-path part alone, the extra combinations and --fast; print the table."""
+    combos = [",".join(sorted(fastpath.parse_parts(c))) for c in opts.combos.split(";") if c.strip()]
+    configs = ["none", *fastpath.PARTS, *combos, ",".join(sorted(fast))]
+    rows = []
+    for parts in configs:
+        r = child(opts, parts=parts)
+        rows.append(r)
+        print(f"  measured {r['name']}: {r['images_per_s']:.1f} img/s", flush=True)
+    eager = rows[0]
+    print(f"\nTraining, steady state ({opts.steps} timed steps of {opts.batch_size} images after {opts.warmup} "
+          "warm-up steps; 'fast' is the last row):")
+    print(f"{'path':<44} {'img/s':>8} {'x eager':>8} {'warm-up s':>10} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['name']:<44} {r['images_per_s']:8.1f} {r['images_per_s'] / eager['images_per_s']:8.2f} "
+              f"{r['warmup_seconds']:10.1f} {r['peak_mib']:9.0f}")
+    return rows
+
+
+def first_epoch_comparison(opts: argparse.Namespace, fast: frozenset[str]) -> Any:
+    """One whole first epoch: eager, --fast, and eager with the next seed (the noise yardstick)."""
+    slow = child(opts, parts="none", epoch=True)
+    quick = child(opts, parts=",".join(sorted(fast)), epoch=True)
+    other = child(opts, parts="none", epoch=True, seed=opts.seed + 1)  # the yardstick of noise
+    print(f"\nOne whole first epoch ({slow['images']} images, same initial weights and data order; "
+          f"compilation and the {quick['stack_seconds']:.1f} s of stacking the data included):")
+    for label, r in (("fp32 eager", slow), ("fast", quick), (f"eager, seed {opts.seed + 1}", other)):
+        print(f"  {label:<15}: {r['seconds']:7.1f} s = {r['images_per_s']:6.1f} img/s, "
+              f"validation loss {r['val_loss']:.4f}")
+    print(f"  fast / eager: {slow['seconds'] / quick['seconds']:.2f}x")
+    print(f"  loss curve in {opts.windows} windows of about {len(slow['losses']) // opts.windows} steps "
+          f"(mean training loss; d = fast - eager, paired step by step, +- its standard error; "
+          f"seed noise = eager seed {opts.seed + 1} - eager seed {opts.seed}):")
+    fast_gap = noise_gap = 0.0
+    for w, ((m1, m2, d, se), (_, m3, _, _)) in enumerate(zip(
+            paired_windows(slow["losses"], quick["losses"], opts.windows),
+            paired_windows(slow["losses"], other["losses"], opts.windows))):
+        fast_gap, noise_gap = max(fast_gap, abs(m2 - m1)), max(noise_gap, abs(m3 - m1))
+        z = d / se if se > 0 else 0.0
+        print(f"    window {w + 1:2d}: eager {m1:.4f}   fast {m2:.4f}   d {d:+.4f} +- {se:.4f} (z {z:+.1f})   "
+              f"seed noise {m3 - m1:+.4f}")
+    verdict = "within" if fast_gap <= noise_gap else "NOT within"
+    print(f"  largest window gap: fast {fast_gap:.4f}, another seed {noise_gap:.4f}: the fast path's curve is "
+          f"{verdict} the noise of the seed")
+    return [slow, quick, other]
+
+
+def sampling_table(opts: argparse.Namespace) -> Any:
+    """Images/s of the 1000-step sampler and of DDIM-50 at the same batch size."""
+    samplers = [child(opts, sampler="ddpm"), child(opts, sampler="ddim", sample_steps=50)]
+    print(f"\nSampling {opts.n_samples} images at once (fresh weights; the cost does not depend on them):")
+    for r in samplers:
+        print(f"  {r['name']:<10} {r['seconds']:8.1f} s = {r['images_per_s']:7.2f} img/s, peak {r['peak_mib']:.0f} MiB")
+    print(f"  DDIM-50 is {samplers[1]['images_per_s'] / samplers[0]['images_per_s']:.1f}x faster than DDPM-1000")
+    return samplers
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -216,56 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     fast = fastpath.recommended_parts(device)
     print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, MNIST, fixed UNet, "
           f"batch {opts.batch_size}; --fast on {device.type} = {fastpath.describe(fast)}")
-    results: dict[str, Any] = {}
-
-    combos = [",".join(sorted(fastpath.parse_parts(c))) for c in opts.combos.split(";") if c.strip()]
-    configs = ["none", *fastpath.PARTS, *combos, ",".join(sorted(fast))]
-    rows = []
-    for parts in configs:
-        r = child(opts, parts=parts)
-        rows.append(r)
-        print(f"  measured {r['name']}: {r['images_per_s']:.1f} img/s", flush=True)
-    eager = rows[0]
-    print(f"\nTraining, steady state ({opts.steps} timed steps of {opts.batch_size} images after {opts.warmup} "
-          "warm-up steps; 'fast' is the last row):")
-    print(f"{'path':<44} {'img/s':>8} {'x eager':>8} {'warm-up s':>10} {'peak MiB':>9}")
-    for r in rows:
-        print(f"{r['name']:<44} {r['images_per_s']:8.1f} {r['images_per_s'] / eager['images_per_s']:8.2f} "
-              f"{r['warmup_seconds']:10.1f} {r['peak_mib']:9.0f}")
-    results["training"] = rows
-
+    results: dict[str, Any] = dict(training=training_table(opts, fast))
     if not opts.skip_epoch:
-        slow = child(opts, parts="none", epoch=True)
-        quick = child(opts, parts=",".join(sorted(fast)), epoch=True)
-        other = child(opts, parts="none", epoch=True, seed=opts.seed + 1)  # the yardstick of noise
-        results["epoch"] = [slow, quick, other]
-        print(f"\nOne whole first epoch ({slow['images']} images, same initial weights and data order; "
-              f"compilation and the {quick['stack_seconds']:.1f} s of stacking the data included):")
-        for label, r in (("fp32 eager", slow), ("fast", quick), (f"eager, seed {opts.seed + 1}", other)):
-            print(f"  {label:<15}: {r['seconds']:7.1f} s = {r['images_per_s']:6.1f} img/s, "
-                  f"validation loss {r['val_loss']:.4f}")
-        print(f"  fast / eager: {slow['seconds'] / quick['seconds']:.2f}x")
-        print(f"  loss curve in {opts.windows} windows of about {len(slow['losses']) // opts.windows} steps "
-              f"(mean training loss; d = fast - eager, paired step by step, +- its standard error; "
-              f"seed noise = eager seed {opts.seed + 1} - eager seed {opts.seed}):")
-        fast_gap = noise_gap = 0.0
-        for w, ((m1, m2, d, se), (_, m3, _, _)) in enumerate(zip(
-                paired_windows(slow["losses"], quick["losses"], opts.windows),
-                paired_windows(slow["losses"], other["losses"], opts.windows))):
-            fast_gap, noise_gap = max(fast_gap, abs(m2 - m1)), max(noise_gap, abs(m3 - m1))
-            z = d / se if se > 0 else 0.0
-            print(f"    window {w + 1:2d}: eager {m1:.4f}   fast {m2:.4f}   d {d:+.4f} +- {se:.4f} (z {z:+.1f})   "
-                  f"seed noise {m3 - m1:+.4f}")
-        verdict = "within" if fast_gap <= noise_gap else "NOT within"
-        print(f"  largest window gap: fast {fast_gap:.4f}, another seed {noise_gap:.4f}: the fast path's curve is "
-              f"{verdict} the noise of the seed")
-
-    samplers = [child(opts, sampler="ddpm"), child(opts, sampler="ddim", sample_steps=50)]
-    results["sampling"] = samplers
-    print(f"\nSampling {opts.n_samples} images at once (fresh weights; the cost does not depend on them):")
-    for r in samplers:
-        print(f"  {r['name']:<10} {r['seconds']:8.1f} s = {r['images_per_s']:7.2f} img/s, peak {r['peak_mib']:.0f} MiB")
-    print(f"  DDIM-50 is {samplers[1]['images_per_s'] / samplers[0]['images_per_s']:.1f}x faster than DDPM-1000")
+        results["epoch"] = first_epoch_comparison(opts, fast)
+    results["sampling"] = sampling_table(opts)
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=1))
 

@@ -1,7 +1,19 @@
-"""Shared test set-up: each test runs on its own copy of the global random state."""
+"""Shared test set-up: a private random state per test, and the helpers several test files use."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageSequence
+from torch import nn
+
+from diffusion_model import DiffusionModel
+from unet import MyUNet
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: main.py, bench/
 
 
 @pytest.fixture(autouse=True)
@@ -9,3 +21,26 @@ def private_rng():
     """Tests that seed or consume the global RNG do not change what the next test sees."""
     with torch.random.fork_rng(devices=[]):
         yield
+
+
+class ZeroNet(nn.Module):
+    """A stand-in noise predictor: predicts zero noise for every input."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def tiny_ddpm(timesteps: int = 10, seed: int = 0) -> DiffusionModel:
+    """The paper's UNet for 28x28 images with a short schedule, seeded weights."""
+    torch.manual_seed(seed)
+    return DiffusionModel(MyUNet(n_steps=timesteps, image_size=28), timesteps=timesteps)
+
+
+def read_gif(path: Path) -> tuple[list[np.ndarray], list[int]]:
+    """Frames (as grey arrays) and their display durations in milliseconds."""
+    frames, durations = [], []
+    with Image.open(path) as gif:
+        for frame in ImageSequence.Iterator(gif):
+            frames.append(np.array(frame.convert("L")))
+            durations.append(frame.info["duration"])
+    return frames, durations

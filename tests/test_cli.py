@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, read_gif
 from datagen import make_mnist
-from PIL import Image, ImageSequence
+from PIL import Image
 
-import main as cli
+import cli
+import main
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--timesteps", "20", "--batch-size", "8", "--device", "cpu"]
 
 
@@ -21,12 +22,6 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONHASHSEED="0")
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
-
-
-def gif_frames(path: Path) -> tuple[list[np.ndarray], list[int]]:
-    with Image.open(path) as gif:
-        frames = [(np.array(f.convert("L")), f.info["duration"]) for f in ImageSequence.Iterator(gif)]
-    return [f for f, _ in frames], [d for _, d in frames]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +49,7 @@ def test_sample_needs_no_other_flags_and_is_reproducible(trained):
     work, _ = trained
     first = run_cli("--sample", "--gif", "out.gif", "--n-samples", "5", "--frames-per-gif", "6", cwd=work)
     assert first.returncode == 0, first.stderr
-    frames, durations = gif_frames(work / "out.gif")
+    frames, durations = read_gif(work / "out.gif")
     assert len(frames) == 6 and frames[0].shape == (2 * 28, 3 * 28)  # 5 samples -> 2 x 3 grid
     assert durations[-1] == 3 * durations[0]  # the final frame held a third longer
     grid = np.array(Image.open(work / "runs" / "samples_mnist.png"))
@@ -127,7 +122,7 @@ def test_user_errors_are_one_line_without_traceback(trained, tmp_path):
 )
 def test_nonsensical_numbers_are_refused(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(args)
+        main.main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -142,7 +137,7 @@ def test_ddim_sampling_and_evaluate(trained):
     ddim = run_cli("--sample", "--sampler", "ddim", "--sample-steps", "5", "--n-samples", "4", "--gif", "ddim.gif",
                    cwd=work)
     assert ddim.returncode == 0, ddim.stderr
-    frames, _ = gif_frames(work / "ddim.gif")
+    frames, _ = read_gif(work / "ddim.gif")
     assert len(frames) == 5  # one frame per DDIM step
     result = run_cli("--evaluate", "--sampler", "ddim", "--sample-steps", "4", "--n-samples", "6",
                      "--bpd-images", "3", "--data-root", "data", "--device", "cpu", cwd=work)

@@ -20,6 +20,9 @@ from datagen import listing, make_mnist, persian_members, png_bytes, write_folde
 from PIL import Image
 
 import Dataset as D
+import figures
+import persian_files as P
+from unet import SUPPORTED_IMAGE_SIZES
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -119,10 +122,10 @@ def test_invalid_arguments(tmp_path, dataset, batch_size, match):
     assert "\n" not in str(info.value)
 
 
-def test_constants():
+def test_every_dataset_has_a_size_the_unet_builds():
     assert D.IMAGE_SIZES == {"mnist": 28, "persian": 64}
     assert D.DATASETS == ("mnist", "persian")
-    assert issubclass(D.DatasetError, Exception)
+    assert set(D.IMAGE_SIZES.values()) <= set(SUPPORTED_IMAGE_SIZES)
 
 
 def test_loader_defaults_cpu_and_explicit_workers(tmp_path, no_download):
@@ -132,7 +135,12 @@ def test_loader_defaults_cpu_and_explicit_workers(tmp_path, no_download):
     train, val = D.get_data_loaders("mnist", 2, tmp_path, num_workers=1, pin_memory=True)
     assert (val.num_workers, val.pin_memory, val.persistent_workers) == (1, True, True)
     assert D.default_num_workers("cpu") == 0
-    assert 0 <= D.default_num_workers("cuda") <= 4
+
+
+@pytest.mark.parametrize("cpus, workers", [(1, 0), (2, 1), (5, 4), (64, 4)])
+def test_cuda_workers_leave_one_core_to_the_main_process(monkeypatch, cpus, workers):
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert D.default_num_workers("cuda") == workers
 
 
 # --------------------------------------------------------------------------- Persian digits
@@ -159,7 +167,7 @@ def test_persian_from_local_zip_shapes_labels_split(tmp_path, persian_zip, no_do
 
 
 def test_persian_split_reproducible(tmp_path, persian_zip):
-    folder = D.prepare_persian_digits(tmp_path, persian_zip=persian_zip)
+    folder = P.prepare_persian_digits(tmp_path, persian_zip=persian_zip)
     dataset = D.PersianDigitDataset(folder)
     a, _ = D.split_dataset(dataset, seed=0)
     b, _ = D.split_dataset(dataset, seed=0)
@@ -171,22 +179,22 @@ def test_persian_split_reproducible(tmp_path, persian_zip):
 
 def test_persian_zip_found_in_data_root_extracted_once(tmp_path, persian_zip, no_download, monkeypatch):
     shutil.copy(persian_zip, tmp_path / "persian_digits.zip")
-    first = D.prepare_persian_digits(tmp_path)
+    first = P.prepare_persian_digits(tmp_path)
     assert first == tmp_path / "persian_digits" and len(D.PersianDigitDataset(first)) == 40
 
     def no_extract(*args, **kwargs):
         raise AssertionError("extracted again")
 
-    monkeypatch.setattr(D.zipfile, "ZipFile", no_extract)
-    assert D.prepare_persian_digits(tmp_path) == first
-    assert D.prepare_persian_digits(tmp_path, persian_zip=tmp_path / "persian_digits.zip") == first
+    monkeypatch.setattr(P.zipfile, "ZipFile", no_extract)
+    assert P.prepare_persian_digits(tmp_path) == first
+    assert P.prepare_persian_digits(tmp_path, persian_zip=tmp_path / "persian_digits.zip") == first
 
 
 def test_persian_extracted_folder_accepted(tmp_path, no_download):
     folder = write_folder(tmp_path / "mine", persian_members(10))
-    assert D.prepare_persian_digits(tmp_path / "root", persian_zip=folder) == folder
+    assert P.prepare_persian_digits(tmp_path / "root", persian_zip=folder) == folder
     folder2 = write_folder(tmp_path / "root2" / "persian_digits", persian_members(10))
-    assert D.prepare_persian_digits(tmp_path / "root2") == folder2
+    assert P.prepare_persian_digits(tmp_path / "root2") == folder2
 
 
 def test_persian_read_only_zip_folder_falls_back_to_dot_data(tmp_path, persian_zip, no_download, monkeypatch):
@@ -198,14 +206,14 @@ def test_persian_read_only_zip_folder_falls_back_to_dot_data(tmp_path, persian_z
     monkeypatch.chdir(work)
     shared.chmod(0o555)
     try:
-        folder = D.prepare_persian_digits(shared)
+        folder = P.prepare_persian_digits(shared)
         assert listing(shared) == ["persian_digits.zip"]
     finally:
         shared.chmod(0o755)
     assert folder.resolve() == (work / "data" / "persian_digits").resolve()
     assert len(D.PersianDigitDataset(folder)) == 40
-    explicit = D.prepare_persian_digits(shared, extract_dir=tmp_path / "elsewhere")
-    assert explicit == tmp_path / "elsewhere" and D._has_png(explicit)
+    explicit = P.prepare_persian_digits(shared, extract_dir=tmp_path / "elsewhere")
+    assert explicit == tmp_path / "elsewhere" and P._has_png(explicit)
 
 
 def test_persian_gdown_download_extracts_and_removes_zip(tmp_path, persian_zip, monkeypatch):
@@ -220,11 +228,11 @@ def test_persian_gdown_download_extracts_and_removes_zip(tmp_path, persian_zip, 
 
     monkeypatch.setattr(gdown, "download", fake_download)
     root = tmp_path / "data"
-    folder = D.prepare_persian_digits(root)
-    assert len(calls) == 1 and D.PERSIAN_FILE_ID in calls[0]
+    folder = P.prepare_persian_digits(root)
+    assert len(calls) == 1 and P.PERSIAN_FILE_ID in calls[0]
     assert folder == root / "persian_digits" and len(D.PersianDigitDataset(folder)) == 40
     assert [p.name for p in root.iterdir()] == ["persian_digits"]  # zip and temp folders removed
-    D.prepare_persian_digits(root)
+    P.prepare_persian_digits(root)
     assert len(calls) == 1  # images present: no second download
 
 
@@ -241,19 +249,19 @@ def test_persian_failed_download_leaves_nothing(tmp_path, monkeypatch, failure):
     monkeypatch.setattr(gdown, "download", fake_download)
     root = tmp_path / "data"
     with pytest.raises(D.DatasetError, match="persian_zip|zip") as info:
-        D.prepare_persian_digits(root)
+        P.prepare_persian_digits(root)
     assert "\n" not in str(info.value)
     assert listing(root) == []
 
 
 def test_persian_nothing_found_download_off(tmp_path):
     with pytest.raises(D.DatasetError, match="download is off"):
-        D.prepare_persian_digits(tmp_path, download=False)
+        P.prepare_persian_digits(tmp_path, download=False)
 
 
 def test_persian_missing_explicit_zip(tmp_path):
     with pytest.raises(D.DatasetError, match="does not exist"):
-        D.prepare_persian_digits(tmp_path, persian_zip=tmp_path / "nope.zip")
+        P.prepare_persian_digits(tmp_path, persian_zip=tmp_path / "nope.zip")
 
 
 def test_empty_folder(tmp_path):
@@ -298,7 +306,7 @@ def test_corrupt_zip(tmp_path, persian_zip):
     bad = tmp_path / "persian_digits.zip"
     bad.write_bytes(persian_zip.read_bytes()[: persian_zip.stat().st_size // 2])
     with pytest.raises(D.DatasetError, match="not a readable zip") as info:
-        D.prepare_persian_digits(tmp_path)
+        P.prepare_persian_digits(tmp_path)
     assert str(bad) in str(info.value)
     assert listing(tmp_path) == ["persian_digits.zip"]
 
@@ -312,11 +320,11 @@ def test_corrupt_member_leaves_no_half_extracted_folder(tmp_path):
     raw[at] ^= 0xFF  # CRC error in the last member: earlier members extract fine first
     archive.write_bytes(bytes(raw))
     with pytest.raises(D.DatasetError, match="corrupt"):
-        D.prepare_persian_digits(tmp_path)
+        P.prepare_persian_digits(tmp_path)
     assert listing(tmp_path) == ["persian_digits.zip"]
     # a later run with a good zip is not fooled by leftovers
     write_zip(archive, members)
-    assert len(D.PersianDigitDataset(D.prepare_persian_digits(tmp_path))) == 10
+    assert len(D.PersianDigitDataset(P.prepare_persian_digits(tmp_path))) == 10
 
 
 @pytest.mark.parametrize("evil", ["../evil.png", "ABSOLUTE", "a/../../evil.png", "a\\..\\..\\evil.png"])
@@ -331,7 +339,7 @@ def test_zip_member_escaping_is_refused_before_writing(tmp_path, evil):
     root.mkdir()
     write_zip(root / "persian_digits.zip", members)
     with pytest.raises(D.DatasetError, match="absolute path or '..'") as info:
-        D.prepare_persian_digits(root)
+        P.prepare_persian_digits(root)
     assert repr(evil) in str(info.value)
     assert listing(root) == ["persian_digits.zip"]
     assert listing(outside) == []
@@ -341,7 +349,7 @@ def test_zip_member_escaping_is_refused_before_writing(tmp_path, evil):
 def test_zip_without_png(tmp_path):
     write_zip(tmp_path / "persian_digits.zip", {"readme.txt": b"hi"})
     with pytest.raises(D.DatasetError, match="no .png"):
-        D.prepare_persian_digits(tmp_path)
+        P.prepare_persian_digits(tmp_path)
     assert listing(tmp_path) == ["persian_digits.zip"]
 
 
@@ -357,7 +365,7 @@ def test_too_few_images_to_split(tmp_path):
 def test_save_dataset_samples_writes_png(tmp_path, persian_zip, no_download):
     train, val = D.get_data_loaders("persian", 4, tmp_path, persian_zip=persian_zip)
     state = train.generator.get_state()
-    path = D.save_dataset_samples(train, val.dataset, tmp_path / "out" / "samples.png", n=3)
+    path = figures.save_dataset_samples(train, val.dataset, tmp_path / "out" / "samples.png", n=3)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as image:
         image.verify()

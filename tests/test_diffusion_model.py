@@ -5,17 +5,10 @@ import re
 
 import pytest
 import torch
-from torch import nn
+from conftest import ZeroNet
 
-from diffusion_model import DiffusionModel
+from diffusion_model import DiffusionModel, get_loss
 from unet import MyUNet
-
-
-class ZeroNet(nn.Module):
-    """A stand-in noise predictor: predicts zero noise for every input."""
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
 
 
 def make_ddpm(**kwargs) -> DiffusionModel:
@@ -188,12 +181,12 @@ def test_ddim_with_eta_one_and_every_step_is_ddpm_with_posterior_variance():
     g = torch.Generator().manual_seed(2)
     x_t, eps, z = (torch.randn(2, 1, 4, 4, generator=g) for _ in range(3))
     t = 487
-    ddim = ddpm.ddim_step(x_t, t, t - 1, eta_theta=eps, eta=1.0, z=z).x_prev
+    ddim = ddpm.ddim_step(x_t, t, t - 1, eta_theta=eps, ddim_eta=1.0, z=z).x_prev
     mean = ddpm.step(x_t, t, eta_theta=eps, z=torch.zeros_like(z)).x_prev  # Eq. 7
     beta_tilde = (1 - ddpm.alpha_bars[t - 1]) / (1 - ddpm.alpha_bars[t]) * ddpm.betas[t]
     assert torch.allclose(ddim, mean + beta_tilde.sqrt() * z, atol=1e-5)
     # The posterior variance vanishes at the last step (the paper's t = 1): no noise into x_0.
-    last = ddpm.ddim_step(x_t, 0, -1, eta_theta=eps, eta=1.0, z=z).x_prev
+    last = ddpm.ddim_step(x_t, 0, -1, eta_theta=eps, ddim_eta=1.0, z=z).x_prev
     assert torch.allclose(last, ddpm.step(x_t, 0, eta_theta=eps).x_prev, atol=1e-5)
 
 
@@ -204,7 +197,7 @@ def test_ddim_with_eta_zero_is_deterministic_and_exact_for_the_true_noise():
     x0 = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
     eps = torch.randn(2, 1, 4, 4, generator=g)
     x_t, _ = ddpm.add_noise(x0, torch.tensor([900, 900]), eps)
-    out = ddpm.ddim_step(x_t, 900, 450, eta_theta=eps, eta=0.0, z=torch.randn(2, 1, 4, 4))
+    out = ddpm.ddim_step(x_t, 900, 450, eta_theta=eps, ddim_eta=0.0, z=torch.randn(2, 1, 4, 4))
     expected, _ = ddpm.add_noise(x0, torch.tensor([450, 450]), eps)
     assert torch.allclose(out.x_prev, expected, atol=1e-4)
     assert torch.allclose(out.x0_pred, x0, atol=1e-3)
@@ -216,7 +209,13 @@ def test_ddim_refuses_bad_steps():
     x = torch.zeros(1, 1, 4, 4)
     with pytest.raises(ValueError, match="t_prev < t"):
         ddpm.ddim_step(x, 10, 10)
-    with pytest.raises(ValueError, match="eta must be >= 0"):
-        ddpm.ddim_step(x, 10, 5, eta=-0.5)
+    with pytest.raises(ValueError, match="ddim_eta must be >= 0"):
+        ddpm.ddim_step(x, 10, 5, ddim_eta=-0.5)
     with pytest.raises(ValueError, match="outside 0..999"):
         ddpm.ddim_step(x, 1000, 5)
+
+
+def test_get_loss_is_mse():
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    b = torch.tensor([[1.0, 0.0], [3.0, 8.0]])
+    assert get_loss(a, b).item() == pytest.approx((4 + 16) / 4)

@@ -4,16 +4,15 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from conftest import ROOT
 from datagen import make_mnist
 from torch.nn.parallel import DistributedDataParallel
 
 from checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -27,18 +26,19 @@ def _worker(rank: int, world: int, port: int, data_root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     import distributed
+    from checkpoint import TrainState
     from Dataset import get_data_loaders
     from diffusion_model import DiffusionModel
     from unet import MyUNet
     from utils import training_loop
 
-    device = distributed.setup("cpu")
+    distributed.setup("cpu")
     torch.manual_seed(rank)  # different initial weights on purpose: DDP must broadcast rank 0's
     ddpm = DiffusionModel(MyUNet(n_steps=10), timesteps=10)
     train, val = get_data_loaders("mnist", 4, data_root, rank=rank, world_size=world)
     model = DistributedDataParallel(ddpm, forward_sync_buffers=False)
     optim = torch.optim.Adam(ddpm.parameters(), lr=1e-3)
-    history = training_loop(ddpm, train, val, 2, optim, device, model=model)
+    history = training_loop(TrainState(ddpm, optim, model=model), train, val, 2)
     torch.save(dict(params=[p.detach().clone() for p in ddpm.parameters()], history=history,
                     n_batches=len(train)), f"{out}/rank{rank}.pt")
     distributed.cleanup()

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_ddpm
 from datagen import make_mnist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -14,14 +15,8 @@ from torch.utils.data.distributed import DistributedSampler
 import fastpath
 import main as cli
 import utils
-from diffusion_model import DiffusionModel
-from unet import MyUNet
-from utils import get_loss
-
-
-def tiny_ddpm(seed: int = 0) -> DiffusionModel:
-    torch.manual_seed(seed)
-    return DiffusionModel(MyUNet(n_steps=10, image_size=28), timesteps=10)
+from checkpoint import TrainState
+from diffusion_model import DiffusionModel, get_loss
 
 
 def test_parse_parts():
@@ -145,7 +140,7 @@ def test_training_loop_runs_a_compiled_loss():
     counters = torch._dynamo.utils.counters
     counters.clear()
     before = [p.detach().clone() for p in ddpm.parameters()]
-    history = utils.training_loop(ddpm, loader, loader, 2, torch.optim.Adam(ddpm.parameters(), lr=1e-2), "cpu",
+    history = utils.training_loop(TrainState(ddpm, torch.optim.Adam(ddpm.parameters(), lr=1e-2)), loader, loader, 2,
                                   loss_fn=fastpath.loss_function(ddpm, frozenset({"compile"}), "cpu"))
     torch._dynamo.reset()
     assert counters["stats"]["unique_graphs"] == 1  # one graph; the short batch ran eagerly, not recompiled

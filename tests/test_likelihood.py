@@ -4,16 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import ZeroNet
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import likelihood as L
 from diffusion_model import DiffusionModel
-
-
-class ZeroNet(nn.Module):
-    def forward(self, x, t):
-        return torch.zeros_like(x)
 
 
 def test_normal_kl_by_hand():

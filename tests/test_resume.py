@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from datagen import make_mnist
 
 import main as cli
+import utils
 from checkpoint import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_args(out: Path, epochs: int, *extra: str) -> list[str]:
@@ -68,7 +68,7 @@ def test_interrupted_mid_epoch_resumes_exactly(data, monkeypatch, capsys):
         checks["n"] += 1
         return checks["n"] == 8  # epoch 1 has 5 batches: batch 3 of epoch 2
 
-    monkeypatch.setattr(cli.StopRequest, "__call__", stop_after_eight_batches)
+    monkeypatch.setattr(utils.StopRequest, "__call__", stop_after_eight_batches)
     assert cli.main(train_args(data / "parts", 3)) == 143
     assert "continue with the same command and --resume" in capsys.readouterr().err
     _, ckpt = final_state(data / "parts")

@@ -6,30 +6,20 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageSequence
-from torch import nn
+from conftest import ZeroNet, read_gif, tiny_ddpm
 from torch.utils.data import DataLoader, TensorDataset
 
+import figures
 import utils
+from checkpoint import TrainState
 from diffusion_model import DiffusionModel
-from unet import MyUNet
-
-
-def tiny_ddpm(timesteps: int = 10, seed: int = 0) -> DiffusionModel:
-    torch.manual_seed(seed)
-    return DiffusionModel(MyUNet(n_steps=timesteps, image_size=28), timesteps=timesteps)
+from ema import EMA
 
 
 def tiny_loader(n: int = 12, batch_size: int = 4, seed: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(n, 1, 28, 28, generator=g) * 2 - 1
     return DataLoader(TensorDataset(images, torch.zeros(n, dtype=torch.long)), batch_size=batch_size)
-
-
-def test_get_loss_is_mse():
-    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    b = torch.tensor([[1.0, 0.0], [3.0, 8.0]])
-    assert utils.get_loss(a, b).item() == pytest.approx((4 + 16) / 4)
 
 
 def test_evaluate_is_seeded_whatever_the_global_rng():
@@ -46,11 +36,7 @@ def test_evaluate_is_seeded_whatever_the_global_rng():
 def test_evaluate_matches_hand_computed_mse():
     """With a network that predicts zero noise, the loss is the mean of noise^2 over the draws."""
 
-    class Zero(nn.Module):
-        def forward(self, x, t):
-            return torch.zeros_like(x)
-
-    ddpm = DiffusionModel(Zero(), image_chw=(1, 28, 28), timesteps=10)
+    ddpm = DiffusionModel(ZeroNet(), image_chw=(1, 28, 28), timesteps=10)
     loader = tiny_loader(n=8, batch_size=8)
     gen = torch.Generator().manual_seed(3)
     torch.randint(0, 10, (8,), generator=gen)
@@ -62,21 +48,19 @@ def test_evaluate_matches_hand_computed_mse():
 
 def test_training_loop_learns_and_keeps_best_by_validation(tmp_path, monkeypatch):
     ddpm = tiny_ddpm()
-    optim = torch.optim.Adam(ddpm.parameters(), lr=1e-3)
+    state = TrainState(ddpm, torch.optim.Adam(ddpm.parameters(), lr=1e-3))
     val_losses = iter([0.5, 0.3, 0.4])
     monkeypatch.setattr(utils, "evaluate", lambda *a, **k: next(val_losses))
     saves = []
-    history = utils.training_loop(
-        ddpm, tiny_loader(), tiny_loader(), 3, optim, "cpu",
-        store_path=tmp_path / "best.pt",
-        save_fn=lambda path, state: saves.append((path.name, len(state["history"]["train_loss"]))),
-        loss_curve_path=tmp_path / "loss.png",
-    )
+    monkeypatch.setattr(state, "save", lambda path: saves.append((Path(path).name, len(state.history["train_loss"]))))
+    history = utils.training_loop(state, tiny_loader(), tiny_loader(), 3, store_path=tmp_path / "best.pt",
+                                  loss_curve_path=tmp_path / "loss.png")
     assert history["val_loss"] == [0.5, 0.3, 0.4]
     assert len(history["train_loss"]) == 3 and all(np.isfinite(history["train_loss"]))
     assert history["lr"] == [1e-3, 1e-3, 1e-3]
     # best after epochs 1 and 2 (validation loss fell), not after 3; the last one every epoch
     assert saves == [("best.pt", 1), ("best_last.pt", 1), ("best.pt", 2), ("best_last.pt", 2), ("best_last.pt", 3)]
+    assert state.epoch == 3 and state.batch == 0
     assert imageio.imread(tmp_path / "loss.png").ndim == 3
 
 
@@ -89,33 +73,26 @@ def test_training_loop_reduces_the_loss_and_steps_the_scheduler():
     before = utils.evaluate(ddpm, loader)
     optim = torch.optim.Adam(ddpm.parameters(), lr=5e-3)
     sched = torch.optim.lr_scheduler.StepLR(optim, step_size=10, gamma=0.5)
-    history = utils.training_loop(ddpm, loader, loader, 20, optim, "cpu", scheduler=sched)
+    history = utils.training_loop(TrainState(ddpm, optim, sched), loader, loader, 20)
     assert history["lr"] == [5e-3] * 10 + [2.5e-3] * 10
     assert history["val_loss"][-1] < 0.85 * before
     assert history["val_loss"][-1] == utils.evaluate(ddpm, loader)  # the same seeded evaluation
     with pytest.raises(ValueError, match="n_epochs must be >= 1"):
-        utils.training_loop(ddpm, loader, loader, 0, optim, "cpu")
+        utils.training_loop(TrainState(ddpm, optim), loader, loader, 0)
 
 
-@pytest.mark.parametrize("n, shape", [(1, (1, 1)), (4, (2, 2)), (5, (2, 3)), (10, (3, 4)), (100, (10, 10))])
-def test_grid_shape(n, shape):
-    assert utils.grid_shape(n) == shape
-
-
-def test_tile_pads_a_non_square_batch():
-    images = torch.full((5, 1, 3, 2), 1.0)
-    grid = utils.tile(images)
-    assert grid.shape == (2 * 3, 3 * 2, 1) and grid.dtype == np.uint8
-    assert (grid[:3, :] == 255).all()  # first row: three white images
-    assert (grid[3:, :4] == 255).all() and (grid[3:, 4:] == 0).all()  # then two and a black pad
-
-
-def test_display_modes():
-    images = torch.tensor([[-3.0, -1.0, 0.0, 1.0, 2.0]]).reshape(1, 1, 1, 5)
-    assert utils.to_uint8(images, "clamp").flatten().tolist() == [0, 0, 128, 255, 255]
-    assert utils.to_uint8(images, "minmax").flatten().tolist() == [0, 102, 153, 204, 255]
-    with pytest.raises(ValueError, match="display must be one of"):
-        utils.to_uint8(images, "sigmoid")
+def test_train_state_step_is_one_optimizer_step_and_one_ema_update():
+    ddpm = tiny_ddpm()
+    ema = EMA(ddpm.backward_process_model, 0.9)
+    state = TrainState(ddpm, torch.optim.SGD(ddpm.parameters(), lr=0.1), ema=ema)
+    weight = ddpm.backward_process_model.conv_out.weight
+    start = weight.detach().clone()
+    loss = state.step(torch.zeros(2, 1, 28, 28), lambda x0: weight.sum())  # d loss / d weight = 1 everywhere
+    assert loss.item() == pytest.approx(start.sum().item())
+    torch.testing.assert_close(weight.detach(), start - 0.1)  # one SGD step of rate 0.1
+    # the first EMA update has decay min(0.9, 1/10) = 0.1: 0.1 * start + 0.9 * (start - 0.1)
+    torch.testing.assert_close(ema.shadow.conv_out.weight, start - 0.09)
+    assert ema.num_updates == 1
 
 
 def test_gif_frame_steps():
@@ -136,23 +113,13 @@ def test_sample_gif_grid_and_determinism(tmp_path):
     # The last frame is held for 6 // 3 extra frame times (Pillow merges the
     # repeated frames into one longer frame).
     assert durations[:-1] == [50] * 5 and durations[-1] == 50 * (1 + 6 // 3)
-    assert np.array_equal(frames[-1], utils.tile(out)[:, :, 0])
+    assert np.array_equal(frames[-1], figures.tile(out)[:, :, 0])
     png = imageio.imread(grid)
     assert png.shape == (56, 84)
-    assert np.array_equal(png, utils.tile(out)[:, :, 0])  # the grid is the returned samples
+    assert np.array_equal(png, figures.tile(out)[:, :, 0])  # the grid is the returned samples
     again = utils.sample(ddpm, 5, frames_per_gif=6, gif_name=None, seed=1)
     assert torch.equal(out, again)
     assert not torch.equal(out, utils.sample(ddpm, 5, gif_name=None, seed=2))
-
-
-def read_gif(path: Path) -> tuple[list[np.ndarray], list[int]]:
-    """Frames (as grey arrays) and their display durations in milliseconds."""
-    frames, durations = [], []
-    with Image.open(path) as gif:
-        for frame in ImageSequence.Iterator(gif):
-            frames.append(np.array(frame.convert("L")))
-            durations.append(frame.info["duration"])
-    return frames, durations
 
 
 def test_sample_runs_algorithm_2_with_the_reverse_step(monkeypatch):
@@ -170,18 +137,6 @@ def test_sample_runs_algorithm_2_with_the_reverse_step(monkeypatch):
     assert calls == [(6, False), (5, False), (4, False), (3, False), (2, False), (1, False), (0, True)]
     with pytest.raises(ValueError, match="n_samples must be >= 1"):
         utils.sample(ddpm, 0, gif_name=None)
-
-
-def test_figures_are_written(tmp_path: Path):
-    ddpm = DiffusionModel(nn.Identity(), image_chw=(1, 28, 28))
-    utils.save_forward_process(ddpm, torch.zeros(2, 1, 28, 28), tmp_path / "fwd.png", steps=(0, 999, 5000))
-    utils.save_embedding_matrix(tmp_path / "pe.png")
-    utils.save_loss_curves(dict(train_loss=[1.0, 0.5], val_loss=[1.1, 0.6]), tmp_path / "loss.png")
-    for name in ("fwd.png", "pe.png", "loss.png"):
-        image = imageio.imread(tmp_path / name)
-        assert image.ndim == 3 and image.shape[0] > 100, name
-    with pytest.raises(ValueError, match="no step"):
-        utils.save_forward_process(ddpm, torch.zeros(1, 1, 28, 28), tmp_path / "x.png", steps=(1000,))
 
 
 def test_sampling_steps():
@@ -209,11 +164,11 @@ def test_sample_with_ddim(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ddpm, "ddim_step", spy)
     gif = tmp_path / "ddim.gif"
-    out = utils.sample(ddpm, 3, gif_name=gif, frames_per_gif=100, seed=0, sampler="ddim", sample_steps=4, eta=0.0)
+    out = utils.sample(ddpm, 3, gif_name=gif, frames_per_gif=100, seed=0, sampler="ddim", sample_steps=4, ddim_eta=0.0)
     assert calls == [(19, 13, True), (13, 6, True), (6, 0, True), (0, -1, True)]
     frames, durations = read_gif(gif)
     assert len(frames) == 4 and durations[-1] == durations[0] * (1 + 4 // 3)  # as many frames as steps
     calls.clear()
-    noisy = utils.sample(ddpm, 3, gif_name=None, seed=0, sampler="ddim", sample_steps=4, eta=1.0)
+    noisy = utils.sample(ddpm, 3, gif_name=None, seed=0, sampler="ddim", sample_steps=4, ddim_eta=1.0)
     assert [c[2] for c in calls] == [False, False, False, True]  # noise except into x_0
     assert not torch.equal(out, noisy)

@@ -1,0 +1,201 @@
+"""The command line's options: the parser, its value checks and the checks between options.
+
+``main.py`` holds the flow (data -> training -> samples -> scores -> figures);
+this module holds what a user may ask for and the one-line refusals of
+nonsense, so that every default and every check of an option sits beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from Dataset import DATASETS
+from fastpath import PARTS, RECOMMENDED, describe, parse_parts
+from figures import DISPLAY_MODES
+from unet import ARCHITECTURES
+from utils import SAMPLERS
+
+
+class UsageError(Exception):
+    """A problem with the user's request; its message is printed as one line."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def open_unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+def fast_parts(text: str) -> frozenset[str]:
+    """argparse type of --fast-parts: a comma-separated list of ``fastpath.PARTS``."""
+    try:
+        return parse_parts(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main.py",
+        description="Denoising Diffusion Probabilistic Models, as in the tutorial paper: "
+        "train on MNIST or Persian digits, sample images and GIFs, draw the paper's figures.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_actions(p)
+    _add_data_options(p)
+    _add_model_options(p)
+    _add_training_options(p)
+    _add_sampling_options(p)
+    _add_run_options(p)
+    return p
+
+
+def _add_actions(p: argparse.ArgumentParser) -> None:
+    what = p.add_argument_group("what to do (combine freely; at least one)")
+    what.add_argument("--train", action="store_true", help="train a model and save checkpoints in --out-dir")
+    what.add_argument("--sample", action="store_true", help="generate --n-samples images from --checkpoint")
+    what.add_argument("--evaluate", action="store_true",
+                      help="score --n-samples generated images from --checkpoint with the offline judge "
+                           "(Frechet distance, classifier score, class histogram, saturation); saves JSON")
+    what.add_argument("--figures", action="store_true",
+                      help="draw the paper's figures: dataset samples (Fig. 2/5), forward process (Fig. 7/8), "
+                           "positional-encoding matrix (Fig. 9)")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="mnist", help="which of the paper's datasets")
+    data.add_argument("--data-root", default="./data",
+                      help="folder with the data (MNIST/raw/..., persian_digits.zip or its extracted folder); "
+                           "missing data is downloaded there")
+    data.add_argument("--persian-zip", default=None, help="a local copy of the Persian digits zip to use")
+    data.add_argument("--extract-dir", default=None,
+                      help="where to extract the Persian digits zip (default: DATA_ROOT/persian_digits, "
+                           "or ./data/persian_digits when DATA_ROOT is read-only)")
+    data.add_argument("--num-workers", type=non_negative_int, default=None,
+                      help="DataLoader worker processes (default: chosen for the device)")
+    data.add_argument("--skip-bad-files", action="store_true",
+                      help="skip unreadable Persian images instead of stopping with an error")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    model = p.add_argument_group("model and diffusion schedule (training; sampling reads them from the checkpoint)")
+    model.add_argument("--timesteps", type=positive_int, default=1000, help="number of diffusion steps T")
+    model.add_argument("--beta-start", type=open_unit_interval, default=1e-4, help="beta_1 of the linear schedule")
+    model.add_argument("--beta-end", type=open_unit_interval, default=0.02, help="beta_T of the linear schedule")
+    model.add_argument("--time-emb-dim", type=positive_int, default=100, help="width of the sinusoidal time embedding")
+    model.add_argument("--arch", choices=ARCHITECTURES, default="fixed",
+                       help="UNet variant: 'fixed' (the default, better samples as measured in the README) has no "
+                            "LayerNorm on the raw input; 'paper' is Figure 11, blind to brightness and contrast")
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
+    train.add_argument("--batch-size", type=positive_int, default=128,
+                       help="images per batch and per process (under torchrun the global batch is "
+                            "this times the number of processes)")
+    train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--lr-step", type=positive_int, default=10, help="StepLR: epochs between learning-rate cuts")
+    train.add_argument("--resume", action="store_true",
+                       help="continue training from the last checkpoint (CHECKPOINT with _last) up to --epochs "
+                            "in total: weights, EMA, optimizer, scheduler, epoch, history and random state")
+    train.add_argument("--ema-decay", type=non_negative_float, default=0.999,
+                       help="decay of the exponential moving average of the weights (with warm-up); 0 turns it off")
+    train.add_argument("--lr-gamma", type=positive_float, default=0.5, help="StepLR: factor of each cut")
+    train.add_argument("--fast", action="store_true",
+                       help="train with the fast-path parts chosen for this device type (CPU, measured by "
+                            f"bench/bench_speed.py: {describe(RECOMMENDED['cpu'])}; CUDA, not measured "
+                            f"here: {describe(RECOMMENDED['cuda'])}); validation and sampling stay fp32 eager")
+    train.add_argument("--fast-parts", type=fast_parts, default=None, metavar="PART[,PART...]",
+                       help=f"train with exactly these fast-path parts, from: {', '.join(PARTS)} "
+                            "('none' is the paper's fp32 eager path, the default)")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    samp = p.add_argument_group("sampling")
+    samp.add_argument("--checkpoint", default=None,
+                      help="checkpoint to write (--train) and read (--sample); default: OUT_DIR/ddpm_model.pt")
+    samp.add_argument("--n-samples", type=positive_int, default=16, help="images to generate")
+    samp.add_argument("--gif", default=None, help="also write the reverse process as a GIF to this path")
+    samp.add_argument("--frames-per-gif", type=positive_int, default=100, help="frames of the GIF before the hold")
+    samp.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                      help="'ddpm' is Algorithm 2 (every step); 'ddim' is Song et al. (2021), fewer steps")
+    samp.add_argument("--sample-steps", type=positive_int, default=None,
+                      help="DDIM: number of evenly spaced steps (default 50); DDPM always uses all T")
+    samp.add_argument("--eta", type=non_negative_float, default=0.0,
+                      help="DDIM noise scale: 0 is deterministic, 1 is DDPM-like")
+    samp.add_argument("--bpd-images", type=non_negative_int, default=0,
+                      help="--evaluate: also bound the likelihood (bits/dim) on this many validation images "
+                           "(T network passes per image)")
+    samp.add_argument("--no-ema", action="store_true",
+                      help="sample with the raw weights even when the checkpoint has EMA weights")
+    samp.add_argument("--judge-dir", default=None,
+                      help="where the judge classifier of --evaluate is cached "
+                           "(default: DATA_ROOT/judges, or ./data/judges when DATA_ROOT is read-only)")
+    samp.add_argument("--display", choices=DISPLAY_MODES, default="clamp",
+                      help="how images are drawn: 'clamp' shows the real output in [-1, 1]; "
+                           "'minmax' stretches each image to its own range as the paper does")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    run = p.add_argument_group("run")
+    run.add_argument("--out-dir", default="runs", help="folder for checkpoints, figures and sample grids")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="'auto' uses CUDA when available")
+    run.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same run on CPU")
+    run.add_argument("--quiet", action="store_true", help="log warnings and errors only, no progress bars")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.train or args.sample or args.figures or args.evaluate):
+        parser.error("nothing to do: give --train, --sample, --evaluate and/or --figures")
+    if args.timesteps > 1 and args.beta_end <= args.beta_start:
+        parser.error(f"--beta-end ({args.beta_end}) must be larger than --beta-start ({args.beta_start})")
+    if not 0.0 <= args.ema_decay < 1.0:
+        parser.error(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
+    if args.gif is not None and not args.sample:
+        parser.error("--gif needs --sample")
+    if args.resume and not args.train:
+        parser.error("--resume needs --train")
+    if (args.fast or args.fast_parts is not None) and not args.train:
+        parser.error("--fast and --fast-parts need --train")
+    if args.fast and args.fast_parts is not None:
+        parser.error("give --fast or --fast-parts, not both")
+    if args.eta != 0 and args.sampler != "ddim":
+        parser.error("--eta needs --sampler ddim")
+    if (args.bpd_images or args.judge_dir) and not args.evaluate:
+        parser.error("--bpd-images and --judge-dir need --evaluate")
+    return args
