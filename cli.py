@@ -11,10 +11,11 @@ import argparse
 from typing import Sequence
 
 from Dataset import DATASETS
+from diffusion_model import CLIP_MODES, STEP_SCHEDULES, VARIANCES
 from fastpath import PARTS, RECOMMENDED, describe, parse_parts
 from figures import DISPLAY_MODES
 from unet import ARCHITECTURES
-from utils import SAMPLERS
+from utils import DEFAULT_SAMPLE_STEPS, SAMPLERS
 
 
 class UsageError(Exception):
@@ -150,9 +151,20 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     samp.add_argument("--gif", default=None, help="also write the reverse process as a GIF to this path")
     samp.add_argument("--frames-per-gif", type=positive_int, default=100, help="frames of the GIF before the hold")
     samp.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
-                      help="'ddpm' is Algorithm 2 (every step); 'ddim' is Song et al. (2021), fewer steps")
+                      help="'ddpm' is Algorithm 2 (every step); 'ddim' is Song et al. (2021) and 'dpm++' is "
+                           "DPM-Solver++(2M) (Lu et al. 2022), both with fewer steps")
     samp.add_argument("--sample-steps", type=positive_int, default=None,
-                      help="DDIM: number of evenly spaced steps (default 50); DDPM always uses all T")
+                      help="DDIM and DPM-Solver++: network evaluations (default: DDIM "
+                           f"{DEFAULT_SAMPLE_STEPS['ddim']}, DPM-Solver++ {DEFAULT_SAMPLE_STEPS['dpm++']}); "
+                           "DDPM always uses all T")
+    samp.add_argument("--step-schedule", choices=STEP_SCHEDULES, default="uniform",
+                      help="DDIM and DPM-Solver++: steps evenly spaced in t ('uniform') or in log-SNR ('logsnr')")
+    samp.add_argument("--clip-x0", choices=CLIP_MODES, default="none",
+                      help="every sampler: keep the predicted x0 in [-1, 1] before each update: 'none' is "
+                           "Algorithm 2 as the paper writes it, 'clip' clamps, 'dynamic' is dynamic thresholding")
+    samp.add_argument("--reverse-variance", choices=VARIANCES, default="beta",
+                      help="DDPM: sigma_t^2 of each reverse step, 'beta' (beta_t, the paper) or "
+                           "'posterior' (beta-tilde_t, the forward posterior's variance)")
     samp.add_argument("--eta", type=non_negative_float, default=0.0,
                       help="DDIM noise scale: 0 is deterministic, 1 is DDPM-like")
     samp.add_argument("--bpd-images", type=non_negative_int, default=0,
@@ -196,6 +208,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("give --fast or --fast-parts, not both")
     if args.eta != 0 and args.sampler != "ddim":
         parser.error("--eta needs --sampler ddim")
+    if args.reverse_variance != "beta" and args.sampler != "ddpm":
+        parser.error("--reverse-variance needs --sampler ddpm (the few-step samplers fix their own variance)")
+    if args.step_schedule != "uniform" and args.sampler == "ddpm":
+        parser.error("--step-schedule needs --sampler ddim or dpm++ (DDPM visits every step)")
     if (args.bpd_images or args.judge_dir) and not args.evaluate:
         parser.error("--bpd-images and --judge-dir need --evaluate")
     return args

@@ -7,14 +7,30 @@ Index convention, used everywhere in this package: tensors are 0-based. Index
 ``betas[T-1] = beta_T = beta_end``; training draws ``i ~ U{0..T-1}`` (Algorithm 1,
 ``t ~ U{1..T}``) and sampling runs ``i = T-1, ..., 0`` (Algorithm 2,
 ``t = T, ..., 1``), adding no noise at ``i = 0`` (the paper's ``t = 1``).
+
+Reverse processes, all from the same trained noise predictor eps_theta:
+
+* ``step``: Algorithm 2 with the mean of Eq. 7 (``sigma_t^2 = beta_t`` as the
+  paper, or the posterior variance beta-tilde_t of Ho et al.);
+* ``ddim_step``: DDIM (Song et al., 2021), any subset of the steps;
+* ``dpm_solver_step``: DPM-Solver++(2M) (Lu et al., 2022), a second-order
+  multistep solver of the same ODE as deterministic DDIM.
+
+Each can clip the predicted x_0 (``threshold_x0``); ``timestep_schedule`` picks
+the steps a few-step sampler visits.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
+
+CLIP_MODES = ("none", "clip", "dynamic")
+STEP_SCHEDULES = ("uniform", "logsnr")
+VARIANCES = ("beta", "posterior")
 
 
 class ReverseStep(NamedTuple):
@@ -27,6 +43,58 @@ class ReverseStep(NamedTuple):
 def _per_sample(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Gather ``values[t]`` for a batch of time steps and shape it (N, 1, 1, ...) to broadcast."""
     return values[t.reshape(-1)].reshape(-1, *([1] * (ndim - 1)))
+
+
+def threshold_x0(x0: torch.Tensor, mode: str = "none", quantile: float = 0.995) -> torch.Tensor:
+    """Keep a predicted x_0 inside the data's range [-1, 1] (images are scaled to it, Figures 1 and 4).
+
+    ``none``: unchanged, as Algorithm 2 writes it. ``clip``: clamp to [-1, 1], as
+    Ho et al.'s released sampler does. ``dynamic``: dynamic thresholding
+    (Saharia et al., 2022): per image, s = the ``quantile`` of |x_0|, at least
+    1; clamp to [-s, s] and divide by s.
+    """
+    if mode == "none":
+        return x0
+    if mode == "clip":
+        return x0.clamp(-1.0, 1.0)
+    if mode == "dynamic":
+        s = torch.quantile(x0.abs().flatten(1).float(), quantile, dim=1).clamp_min(1.0).to(x0.dtype)
+        s = s.reshape(-1, *([1] * (x0.dim() - 1)))
+        return torch.maximum(torch.minimum(x0, s), -s) / s
+    raise ValueError(f"clip mode must be one of {CLIP_MODES}, got {mode!r}")
+
+
+def timestep_schedule(alpha_bars: torch.Tensor, n: int, kind: str = "uniform") -> list[int]:
+    """``n`` distinct 0-based time steps from T-1 down to 0 (both included) for a few-step sampler.
+
+    ``uniform``: evenly spaced in t. ``logsnr``: evenly spaced in
+    lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t)), half the log signal-to-noise
+    ratio (Lu et al., 2022, section 3.3), each target rounded to the step of nearest
+    lambda; where two targets round to the same step, the later one moves down by
+    one, so the list stays strictly decreasing.
+    """
+    timesteps = len(alpha_bars)
+    if not 1 <= n <= timesteps:
+        raise ValueError(f"the number of steps must lie in 1..{timesteps}, got {n}")
+    if kind not in STEP_SCHEDULES:
+        raise ValueError(f"step schedule must be one of {STEP_SCHEDULES}, got {kind!r}")
+    if n == 1:
+        return [timesteps - 1]
+    if kind == "uniform":
+        return np.linspace(timesteps - 1, 0, n).round().astype(int).tolist()
+    lam = log_snr(alpha_bars).cpu().numpy()
+    targets = np.linspace(lam[-1], lam[0], n)
+    steps = [int(np.abs(lam - target).argmin()) for target in targets]
+    steps[0], steps[-1] = timesteps - 1, 0
+    for k in range(1, n):  # strictly decreasing, leaving room for the steps still to come
+        steps[k] = max(min(steps[k], steps[k - 1] - 1), n - 1 - k)
+    return steps
+
+
+def log_snr(alpha_bars: torch.Tensor) -> torch.Tensor:
+    """lambda_t = log(alpha_t / sigma_t) with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), in float64."""
+    abar = alpha_bars.double()
+    return 0.5 * (torch.log(abar) - torch.log1p(-abar))
 
 
 def get_loss(noise: torch.Tensor, noise_pred: torch.Tensor) -> torch.Tensor:
@@ -99,6 +167,16 @@ class DiffusionModel(nn.Module):
         # Derived from the schedule, so not saved in state_dict (persistent=False).
         self.register_buffer("sqrt_alpha_bars", alpha_bars.sqrt().float(), persistent=False)
         self.register_buffer("sqrt_one_minus_alpha_bars", (1.0 - alpha_bars).sqrt().float(), persistent=False)
+        # The forward posterior q(x_{t-1} | x_t, x_0) (Ho et al. Eq. 6-7), with abar_{-1} = 1 before the
+        # first step: its variance beta-tilde_t and the coefficients of its mean.
+        abar_prev = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])
+        self.register_buffer("posterior_variance", ((1 - abar_prev) / (1 - alpha_bars) * betas).float(),
+                             persistent=False)
+        self.register_buffer("posterior_mean_coef_x0", (abar_prev.sqrt() * betas / (1 - alpha_bars)).float(),
+                             persistent=False)
+        self.register_buffer("posterior_mean_coef_xt", (alphas.sqrt() * (1 - abar_prev) / (1 - alpha_bars)).float(),
+                             persistent=False)
+        self.register_buffer("lambdas", log_snr(alpha_bars), persistent=False)  # float64, for DPM-Solver++
         if device is not None:
             self.to(device)
 
@@ -181,18 +259,32 @@ class DiffusionModel(nn.Module):
         """
         return (x_t - self.betas[t] / self.sqrt_one_minus_alpha_bars[t] * eta_theta) / self.alphas[t].sqrt()
 
+    def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """The mean of q(x_{t-1} | x_t, x_0) (Ho et al. Eq. 7); with x_0 from Eq. 4 solved for x_0 it is Eq. 7 here."""
+        return self.posterior_mean_coef_x0[t] * x0 + self.posterior_mean_coef_xt[t] * x_t
+
     def step(
         self,
         x_t: torch.Tensor,
         t: int,
         eta_theta: torch.Tensor | None = None,
         z: torch.Tensor | None = None,
+        *,
+        clip_x0: str = "none",
+        variance: str = "beta",
     ) -> ReverseStep:
         """One reverse step x_t -> x_{t-1} (Algorithm 2, lines 3-4) at 0-based step ``t``.
 
         Mean of Eq. 7, ``mu = (x_t - beta_t / sqrt(1 - abar_t) * eps_theta) / sqrt(alpha_t)``,
-        plus ``sigma_t z`` with ``sigma_t^2 = beta_t`` and ``z ~ N(0, I)``, except at
-        ``t = 0`` (the paper's t = 1), where no noise is added.
+        plus ``sigma_t z`` with ``z ~ N(0, I)``, except at ``t = 0`` (the paper's
+        t = 1), where no noise is added. ``variance``: ``beta`` is the paper's
+        ``sigma_t^2 = beta_t``; ``posterior`` is beta-tilde_t, the variance of
+        q(x_{t-1} | x_t, x_0) (Ho et al. section 3.2 discuss both).
+
+        With ``clip_x0`` other than ``none``, the x_0 implied by eps_theta (Eq. 4
+        solved for x_0) is clipped (``threshold_x0``) and the mean is the
+        posterior mean from it, as Ho et al.'s released sampler does; unclipped,
+        that mean equals Eq. 7.
 
         Args:
             x_t: current images (N, C, H, W).
@@ -200,14 +292,21 @@ class DiffusionModel(nn.Module):
             eta_theta: the network's prediction at (x_t, t); computed when None.
             z: the noise to add (for tests); drawn when None and t > 0.
         """
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
         eta_theta = self._predict(x_t, t, eta_theta)
-        mean = self.p_mean(x_t, t, eta_theta)
         x0_pred = self.predict_x0(x_t, t, eta_theta)
+        if clip_x0 == "none":
+            mean = self.p_mean(x_t, t, eta_theta)  # Eq. 7, exactly as Algorithm 2
+        else:
+            x0_pred = threshold_x0(x0_pred, clip_x0)
+            mean = self.posterior_mean(x0_pred, x_t, t)
         if t == 0:
             return ReverseStep(mean, x0_pred)
         if z is None:
             z = torch.randn_like(x_t)
-        return ReverseStep(mean + self.betas[t].sqrt() * z, x0_pred)  # sigma_t = sqrt(beta_t)
+        sigma = self.betas[t].sqrt() if variance == "beta" else self.posterior_variance[t].sqrt()
+        return ReverseStep(mean + sigma * z, x0_pred)
 
     def ddim_step(
         self,
@@ -217,6 +316,8 @@ class DiffusionModel(nn.Module):
         eta_theta: torch.Tensor | None = None,
         ddim_eta: float = 0.0,
         z: torch.Tensor | None = None,
+        *,
+        clip_x0: str = "none",
     ) -> ReverseStep:
         """One DDIM step from 0-based step ``t`` to ``t_prev < t`` (Song et al., 2021, Eq. 12).
 
@@ -225,6 +326,8 @@ class DiffusionModel(nn.Module):
         ``t_prev = -1`` means the clean image (abar = 1). ``ddim_eta = 0`` (Song et al.'s eta) is
         deterministic; ``ddim_eta = 1`` with every step (``t_prev = t - 1``) is DDPM with the posterior
         variance beta-tilde. The same trained network serves: no retraining.
+        With ``clip_x0``, x0_pred is clipped (``threshold_x0``) and the noise
+        re-derived from it (Eq. 4 solved for eps), so the step stays on Eq. 4.
         """
         if not -1 <= t_prev < t:
             raise ValueError(f"DDIM needs -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
@@ -234,8 +337,51 @@ class DiffusionModel(nn.Module):
         a_bar_t = self.alpha_bars[t]
         a_bar_prev = self.alpha_bars[t_prev] if t_prev >= 0 else torch.ones_like(a_bar_t)
         x0_pred = self.predict_x0(x_t, t, eta_theta)
+        if clip_x0 != "none":
+            x0_pred = threshold_x0(x0_pred, clip_x0)
+            eta_theta = (x_t - self.sqrt_alpha_bars[t] * x0_pred) / self.sqrt_one_minus_alpha_bars[t]
         sigma = ddim_eta * ((1 - a_bar_prev) / (1 - a_bar_t) * (1 - a_bar_t / a_bar_prev)).sqrt()
         x_prev = a_bar_prev.sqrt() * x0_pred + (1 - a_bar_prev - sigma**2).clamp_min(0).sqrt() * eta_theta
         if ddim_eta > 0 and t_prev >= 0:  # sigma > 0
             x_prev = x_prev + sigma * (torch.randn_like(x_t) if z is None else z)
         return ReverseStep(x_prev, x0_pred)
+
+    def dpm_solver_step(
+        self,
+        x_t: torch.Tensor,
+        t: int,
+        t_prev: int,
+        x0_pred: torch.Tensor,
+        previous: tuple[torch.Tensor, int] | None = None,
+    ) -> torch.Tensor:
+        """One DPM-Solver++(2M) step from 0-based step ``t`` to ``t_prev < t`` (Lu et al., 2022, Algorithm 2).
+
+        The solver of the diffusion ODE in data prediction: with alpha_t =
+        sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t)
+        and h = lambda_{t_prev} - lambda_t,
+
+            x_{t_prev} = (sigma_{t_prev} / sigma_t) x_t - alpha_{t_prev} (e^{-h} - 1) D
+
+        where D = x0_pred (first order: the same update as deterministic DDIM), or,
+        given ``previous = (x0_pred at the step s before t, s)``, the second-order
+        multistep D = (1 + 1/(2r)) x0_pred - 1/(2r) x0_s with r = (lambda_t - lambda_s) / h.
+        ``x0_pred`` is the data prediction at (x_t, t), Eq. 4 solved for x_0 (clipped
+        or not by the caller). ``t_prev = -1`` is the clean image (sigma = 0, alpha = 1):
+        the last step is first order and lands on ``x0_pred``.
+        """
+        if not -1 <= t_prev < t:
+            raise ValueError(f"DPM-Solver++ needs -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
+        if t_prev == -1:
+            return x0_pred
+        h = self.lambdas[t_prev] - self.lambdas[t]
+        d = x0_pred
+        if previous is not None:
+            x0_before, t_before = previous
+            if not t < t_before < self.timesteps:
+                raise ValueError(f"the previous step must lie after t={t}, got {t_before}")
+            r = (self.lambdas[t] - self.lambdas[t_before]) / h
+            d = (1 + 1 / (2 * r)).to(x0_pred.dtype) * x0_pred - (1 / (2 * r)).to(x0_pred.dtype) * x0_before
+        # alpha^2 = abar = sigmoid(2 lambda) and sigma^2 = sigmoid(-2 lambda): every coefficient in float64.
+        sigma_ratio = (torch.sigmoid(-2 * self.lambdas[t_prev]) / torch.sigmoid(-2 * self.lambdas[t])).sqrt()
+        coef = torch.sigmoid(2 * self.lambdas[t_prev]).sqrt() * torch.expm1(-h)
+        return sigma_ratio.to(x_t.dtype) * x_t - coef.to(x_t.dtype) * d

@@ -201,7 +201,7 @@ def resume_point(args: argparse.Namespace, device: torch.device,
 
 
 def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
-    """Rebuild the model from its checkpoint and sample: Algorithm 2 (Figure 14) or DDIM."""
+    """Rebuild the model from its checkpoint and sample: Algorithm 2 (Figure 14), DDIM or DPM-Solver++."""
     ddpm, ckpt = open_checkpoint(checkpoint, device, use_ema=not args.no_ema)
     options = sampler_options(args, ddpm)
     dataset = ckpt["config"]["dataset"]
@@ -221,8 +221,8 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     ddpm, ckpt = open_checkpoint(checkpoint, device, use_ema=not args.no_ema)
     options = sampler_options(args, ddpm)
     dataset = ckpt["config"]["dataset"]
-    steps = len(sampling_steps(ddpm.timesteps, options["sampler"], options["sample_steps"]))
-    report_path = ensure_writable(out_dir / f"quality_{dataset}_{args.sampler}{steps}.json")
+    steps = len(sampling_steps(ddpm, options["sampler"], options["sample_steps"], options["step_schedule"]))
+    report_path = ensure_writable(out_dir / report_name(dataset, options, steps))
     n = args.n_samples
     if n < 2:
         raise UsageError("--evaluate needs --n-samples >= 2 (the Frechet distance fits a covariance)")
@@ -248,7 +248,9 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
              format_table(rows, judge_accuracy))
     report = dict(checkpoint=str(checkpoint), dataset=dataset, ema=not args.no_ema and "ema" in ckpt,
                   arch=ckpt["config"]["network"]["arch"],
-                  sampler=dict(sampler=args.sampler, sample_steps=options["sample_steps"], eta=args.eta),
+                  sampler=dict(sampler=args.sampler, sample_steps=options["sample_steps"], eta=args.eta,
+                               clip_x0=args.clip_x0, step_schedule=args.step_schedule,
+                               variance=args.reverse_variance),
                   steps=steps, seed=args.seed, sampling_seconds=seconds, judge_accuracy=judge_accuracy, rows=rows)
     if args.bpd_images > 0:
         report["likelihood_bound"] = likelihood_bound(ddpm, val_loader, args.bpd_images, args.seed)
@@ -308,15 +310,31 @@ def open_checkpoint(checkpoint: Path, device: torch.device,
 
 
 def sampler_options(args: argparse.Namespace, ddpm: DiffusionModel) -> dict[str, Any]:
-    """``sample()``'s sampler arguments; DDIM defaults to 50 steps (or T, when smaller)."""
-    steps = args.sample_steps
-    if steps is None and args.sampler == "ddim":
-        steps = min(50, ddpm.timesteps)
-    try:
-        sampling_steps(ddpm.timesteps, args.sampler, steps)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    return dict(sampler=args.sampler, sample_steps=steps, ddim_eta=args.eta)
+    """``sample()``'s sampler arguments, with the few-step samplers' default step count filled in."""
+    steps, timesteps = args.sample_steps, ddpm.timesteps
+    if steps is not None and not 1 <= steps <= timesteps:
+        raise UsageError(f"--sample-steps must lie in 1..{timesteps} (the checkpoint's T), got {steps}")
+    if args.sampler == "ddpm" and steps not in (None, timesteps):
+        raise UsageError(f"--sample-steps {steps}: the DDPM sampler (Algorithm 2) visits all {timesteps} steps; "
+                         "use --sampler ddim or dpm++ to skip")
+    if args.sampler != "ddpm":
+        steps = len(sampling_steps(ddpm, args.sampler, steps, args.step_schedule))
+    return dict(sampler=args.sampler, sample_steps=steps, ddim_eta=args.eta, clip_x0=args.clip_x0,
+                step_schedule=args.step_schedule, variance=args.reverse_variance)
+
+
+def report_name(dataset: str, options: dict[str, Any], steps: int) -> str:
+    """``quality_<dataset>_<sampler><steps>[_clip-<mode>][_logsnr][_posterior][_eta<E>].json`` for --evaluate."""
+    name = f"quality_{dataset}_{options['sampler']}{steps}"
+    if options["clip_x0"] != "none":
+        name += f"_clip-{options['clip_x0']}"
+    if options["step_schedule"] != "uniform":
+        name += f"_{options['step_schedule']}"
+    if options["variance"] != "beta":
+        name += f"_{options['variance']}"
+    if options["ddim_eta"] != 0:
+        name += f"_eta{options['ddim_eta']:g}"
+    return name + ".json"
 
 
 def judge_cache(args: argparse.Namespace, dataset: str, split_seed: int) -> Path:

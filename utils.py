@@ -5,7 +5,7 @@
   best and the last checkpoint, the loss curves.
 * ``evaluate`` (Figure 13) is the validation loss of Eq. 8. (The command line's
   ``--evaluate`` is another thing: the sample-quality score of ``quality.py``.)
-* ``sample`` (Figure 14) runs the reverse process (Algorithm 2, or DDIM) and
+* ``sample`` (Figure 14) runs the reverse process (Algorithm 2, DDIM or DPM-Solver++) and
   captures the GIF's frames; ``figures.py`` draws them.
 """
 
@@ -25,13 +25,14 @@ from torch.utils.data import DataLoader
 
 import distributed
 from checkpoint import TrainState, last_checkpoint_path
-from diffusion_model import DiffusionModel, diffusion_loss, get_loss
+from diffusion_model import CLIP_MODES, DiffusionModel, diffusion_loss, get_loss, threshold_x0, timestep_schedule
 from distributed import progress_bar
 from figures import save_gif, save_grid, save_loss_curves, tile
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+DEFAULT_SAMPLE_STEPS = {"ddim": 50, "dpm++": 20}
 
 
 # --------------------------------------------------------------------------- training
@@ -210,25 +211,29 @@ def gif_frame_steps(timesteps: int, frames_per_gif: int) -> set[int]:
     return set(np.linspace(0, timesteps - 1, min(frames_per_gif, timesteps)).round().astype(int).tolist())
 
 
-def sampling_steps(timesteps: int, sampler: str = "ddpm", sample_steps: int | None = None) -> list[int]:
-    """The 0-based time steps a sampler visits, from noisiest to cleanest.
+def sampling_steps(ddpm: DiffusionModel, sampler: str = "ddpm", sample_steps: int | None = None,
+                   step_schedule: str = "uniform") -> list[int]:
+    """The 0-based time steps a sampler evaluates the network at, from noisiest to cleanest.
 
-    ``ddpm`` (Algorithm 2) visits every step T-1..0. ``ddim`` visits
-    ``sample_steps`` steps evenly spaced over 0..T-1, always including T-1 and 0.
+    ``ddpm`` (Algorithm 2) visits every step T-1..0. ``ddim`` and ``dpm++``
+    visit ``sample_steps`` steps (default ``DEFAULT_SAMPLE_STEPS``, at most T)
+    from T-1 down to 0, spaced by ``step_schedule`` (``uniform`` in t, or
+    ``logsnr``: see ``diffusion_model.timestep_schedule``); their last update
+    goes from step 0 to the clean image.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    timesteps = ddpm.timesteps
     if sample_steps is None:
-        sample_steps = timesteps
+        sample_steps = timesteps if sampler == "ddpm" else min(DEFAULT_SAMPLE_STEPS[sampler], timesteps)
     if not 1 <= sample_steps <= timesteps:
         raise ValueError(f"sample_steps must lie in 1..{timesteps}, got {sample_steps}")
     if sampler == "ddpm":
         if sample_steps != timesteps:
-            raise ValueError("the DDPM sampler (Algorithm 2) visits every time step: use the DDIM sampler to skip")
+            raise ValueError("the DDPM sampler (Algorithm 2) visits every time step: use the DDIM or DPM-Solver++ "
+                             "sampler to skip")
         return list(range(timesteps - 1, -1, -1))
-    if sample_steps == 1:
-        return [timesteps - 1]
-    return np.linspace(timesteps - 1, 0, sample_steps).round().astype(int).tolist()
+    return timestep_schedule(ddpm.alpha_bars, sample_steps, step_schedule)
 
 
 def sample(
@@ -244,13 +249,18 @@ def sample(
     sampler: str = "ddpm",
     sample_steps: int | None = None,
     ddim_eta: float = 0.0,
+    clip_x0: str = "none",
+    step_schedule: str = "uniform",
+    variance: str = "beta",
 ) -> torch.Tensor:
     """Generate ``n_samples`` images and return them clamped to [-1, 1] (Figure 14).
 
-    ``sampler="ddpm"`` is Algorithm 2: x_T ~ N(0, I) with the shape
-    ``ddpm.image_chw``, then ``ddpm.step`` for t = T-1 .. 0 (0-based).
-    ``sampler="ddim"`` uses ``ddpm.ddim_step`` over ``sample_steps`` evenly
-    spaced steps with noise scale ``ddim_eta`` (0: deterministic).
+    x_T ~ N(0, I) with the shape ``ddpm.image_chw``, then one reverse update per
+    step of ``sampling_steps``: ``ddpm`` is Algorithm 2 (``ddpm.step``, sigma_t^2
+    from ``variance``), ``ddim`` is DDIM (``ddpm.ddim_step`` with noise scale
+    ``ddim_eta``; 0 is deterministic), ``dpm++`` is DPM-Solver++(2M)
+    (``ddpm.dpm_solver_step``). ``clip_x0`` (``none``, ``clip``, ``dynamic``;
+    ``diffusion_model.threshold_x0``) applies to every sampler.
 
     With ``gif_name``, ``frames_per_gif`` frames spread across the process are
     tiled into a grid and written as a GIF whose last frame is held for a
@@ -265,7 +275,7 @@ def sample(
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    steps = sampling_steps(ddpm.timesteps, sampler, sample_steps)
+    steps = sampling_steps(ddpm, sampler, sample_steps, step_schedule)
     device = torch.device(device) if device is not None else ddpm.device
     gen = torch.Generator(device=device)
     if seed is None:
@@ -279,6 +289,7 @@ def sample(
     def noise() -> torch.Tensor:
         return torch.randn(shape, generator=gen, device=device)
 
+    update = ReverseUpdate(ddpm, sampler, noise, ddim_eta=ddim_eta, clip_x0=clip_x0, variance=variance)
     was_training = ddpm.training
     ddpm.eval()
     with torch.no_grad():
@@ -286,12 +297,7 @@ def sample(
         t_batch = torch.empty(n_samples, dtype=torch.long, device=device)
         for idx, t in enumerate(progress_bar(steps, desc=f"Sampling ({sampler})", leave=False)):
             eta_theta = ddpm.backward(x, t_batch.fill_(t))
-            if sampler == "ddpm":
-                x = ddpm.step(x, t, eta_theta=eta_theta, z=noise() if t > 0 else None).x_prev
-            else:
-                t_prev = steps[idx + 1] if idx + 1 < len(steps) else -1
-                z = noise() if ddim_eta > 0 and t_prev >= 0 else None
-                x = ddpm.ddim_step(x, t, t_prev, eta_theta=eta_theta, ddim_eta=ddim_eta, z=z).x_prev
+            x = update(x, t, steps[idx + 1] if idx + 1 < len(steps) else -1, eta_theta)
             if idx in frame_steps:
                 frames.append(tile(x, display))
     ddpm.train(was_training)
@@ -301,3 +307,38 @@ def sample(
     if grid_path is not None:
         save_grid(x, grid_path, display)
     return x.clamp(-1, 1)
+
+
+class ReverseUpdate:
+    """One sampler's update x_t -> x_{t_prev} given eps_theta(x_t, t); keeps what a multistep solver remembers.
+
+    ``t_prev = -1`` is the clean image (DDIM and DPM-Solver++ end there; Algorithm 2 ends at step 0).
+    """
+
+    def __init__(self, ddpm: DiffusionModel, sampler: str, noise: Callable[[], torch.Tensor], *,
+                 ddim_eta: float = 0.0, clip_x0: str = "none", variance: str = "beta") -> None:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if clip_x0 not in CLIP_MODES:
+            raise ValueError(f"clip_x0 must be one of {CLIP_MODES}, got {clip_x0!r}")
+        if ddim_eta != 0 and sampler != "ddim":
+            raise ValueError("ddim_eta is the DDIM sampler's noise scale: use it with sampler='ddim'")
+        if variance != "beta" and sampler != "ddpm":
+            raise ValueError("the reverse variance is the DDPM sampler's (Algorithm 2): use it with sampler='ddpm'")
+        self.ddpm, self.sampler, self.noise = ddpm, sampler, noise
+        self.ddim_eta, self.clip_x0, self.variance = ddim_eta, clip_x0, variance
+        self.previous: tuple[torch.Tensor, int] | None = None  # DPM-Solver++: the last x0 prediction and its step
+
+    def __call__(self, x: torch.Tensor, t: int, t_prev: int, eta_theta: torch.Tensor) -> torch.Tensor:
+        ddpm = self.ddpm
+        if self.sampler == "ddpm":
+            z = self.noise() if t > 0 else None
+            return ddpm.step(x, t, eta_theta=eta_theta, z=z, clip_x0=self.clip_x0, variance=self.variance).x_prev
+        if self.sampler == "ddim":
+            z = self.noise() if self.ddim_eta > 0 and t_prev >= 0 else None
+            return ddpm.ddim_step(x, t, t_prev, eta_theta=eta_theta, ddim_eta=self.ddim_eta, z=z,
+                                  clip_x0=self.clip_x0).x_prev
+        x0_pred = threshold_x0(ddpm.predict_x0(x, t, eta_theta), self.clip_x0)
+        x_prev = ddpm.dpm_solver_step(x, t, t_prev, x0_pred, self.previous)
+        self.previous = (x0_pred, t)
+        return x_prev

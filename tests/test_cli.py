@@ -118,6 +118,11 @@ def test_user_errors_are_one_line_without_traceback(trained, tmp_path):
         (["--resume", "--sample"], "--resume needs --train"),
         (["--sample", "--eta", "1"], "--eta needs --sampler ddim"),
         (["--sample", "--bpd-images", "5"], "need --evaluate"),
+        (["--sample", "--sampler", "dpm++", "--sample-steps", "0"], "--sample-steps: must be a positive integer"),
+        (["--sample", "--sampler", "dpm++", "--step-schedule", "cosine"], "invalid choice: 'cosine'"),
+        (["--sample", "--step-schedule", "logsnr"], "--step-schedule needs --sampler ddim or dpm++"),
+        (["--sample", "--sampler", "dpm++", "--reverse-variance", "posterior"], "--reverse-variance needs --sampler ddpm"),
+        (["--sample", "--clip-x0", "soft"], "invalid choice: 'soft'"),
     ],
 )
 def test_nonsensical_numbers_are_refused(args, message, capsys):
@@ -153,4 +158,21 @@ def test_ddim_sampling_and_evaluate(trained):
     assert (work / "data" / "judges" / "judge_mnist.pt").is_file()  # cached beside the data
     assert "judge accuracy on the validation set" in result.stderr
     too_many = run_cli("--sample", "--sampler", "ddpm", "--sample-steps", "5", cwd=work)
-    assert too_many.returncode == 1 and "use the DDIM sampler to skip" in too_many.stderr
+    assert too_many.returncode == 1 and "use --sampler ddim or dpm++ to skip" in too_many.stderr
+
+
+def test_dpm_solver_sampling_needs_no_other_flag(trained):
+    work, _ = trained
+    result = run_cli("--sample", "--sampler", "dpm++", "--sample-steps", "20", "--gif", "dpm.gif", cwd=work)
+    assert result.returncode == 0, result.stderr
+    frames, _ = read_gif(work / "dpm.gif")
+    assert len(frames) == 20  # one frame per network evaluation (T = 20 here)
+    too_many = run_cli("--sample", "--sampler", "dpm++", "--sample-steps", "21", cwd=work)
+    assert too_many.returncode == 1 and "Traceback" not in too_many.stderr
+    assert "main.py: error: --sample-steps must lie in 1..20 (the checkpoint's T), got 21" in too_many.stderr
+    evaluated = run_cli("--evaluate", "--sampler", "dpm++", "--sample-steps", "6", "--step-schedule", "logsnr",
+                        "--clip-x0", "dynamic", "--n-samples", "6", "--data-root", "data", "--device", "cpu", cwd=work)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads((work / "runs" / "quality_mnist_dpm++6_clip-dynamic_logsnr.json").read_text())
+    assert report["sampler"] == dict(sampler="dpm++", sample_steps=6, eta=0.0, clip_x0="dynamic",
+                                     step_schedule="logsnr", variance="beta")

@@ -140,17 +140,21 @@ def test_sample_runs_algorithm_2_with_the_reverse_step(monkeypatch):
 
 
 def test_sampling_steps():
-    assert utils.sampling_steps(5) == [4, 3, 2, 1, 0]
-    ddim = utils.sampling_steps(1000, "ddim", 50)
+    ddpm = DiffusionModel(ZeroNet(), image_chw=(1, 2, 2))
+    assert utils.sampling_steps(tiny_ddpm(timesteps=5)) == [4, 3, 2, 1, 0]
+    ddim = utils.sampling_steps(ddpm, "ddim", 50)
     assert len(ddim) == len(set(ddim)) == 50 and ddim[0] == 999 and ddim[-1] == 0
     assert ddim == sorted(ddim, reverse=True)
-    assert utils.sampling_steps(1000, "ddim", 1) == [999]
-    with pytest.raises(ValueError, match="use the DDIM sampler to skip"):
-        utils.sampling_steps(1000, "ddpm", 50)
+    assert utils.sampling_steps(ddpm, "ddim") == ddim  # DDIM's default: 50 steps
+    assert utils.sampling_steps(ddpm, "ddim", 1) == [999]
+    assert len(utils.sampling_steps(ddpm, "dpm++")) == 20  # DPM-Solver++'s default
+    assert utils.sampling_steps(ddpm, "dpm++", 10, "logsnr") == [999, 886, 757, 603, 410, 202, 73, 22, 5, 0]
+    with pytest.raises(ValueError, match="use the DDIM or DPM-Solver.. sampler to skip"):
+        utils.sampling_steps(ddpm, "ddpm", 50)
     with pytest.raises(ValueError, match=r"sample_steps must lie in 1..1000"):
-        utils.sampling_steps(1000, "ddim", 1001)
+        utils.sampling_steps(ddpm, "ddim", 1001)
     with pytest.raises(ValueError, match="sampler must be one of"):
-        utils.sampling_steps(1000, "euler", 10)
+        utils.sampling_steps(ddpm, "euler", 10)
 
 
 def test_sample_with_ddim(tmp_path, monkeypatch):
