@@ -14,6 +14,17 @@ import sys
 from pathlib import Path
 
 
+def sampler_name(report: dict) -> str:
+    """``DPM++-20, clip, logsnr``: the sampler, its network evaluations and every option not at the paper's value."""
+    options = report["sampler"]
+    name = f"{options['sampler'].upper()}-{report['steps']}"
+    extras = [f"clip-x0 {options['clip_x0']}" if options.get("clip_x0", "none") != "none" else "",
+              "log-SNR steps" if options.get("step_schedule", "uniform") != "uniform" else "",
+              "posterior variance" if options.get("variance", "beta") != "beta" else "",
+              f"eta {options['eta']:g}" if options.get("eta") else ""]
+    return ", ".join([name] + [e for e in extras if e])
+
+
 def histogram(scores: dict) -> str:
     return " ".join(map(str, scores["class_histogram"]))
 
@@ -21,21 +32,22 @@ def histogram(scores: dict) -> str:
 def main(paths: list[Path]) -> None:
     if not paths:
         sys.exit(__doc__)
-    print("| run | weights | sampler | n | Frechet distance | classifier score | mostly white | blank | classes 0-9 "
-          "| sampling s | bits/dim |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| run | weights | sampler | n | Frechet distance | x floor | classifier score | mostly white | blank "
+          "| classes 0-9 | sampling s | bits/dim |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for path in paths:
         report = json.loads(path.read_text())
         gen = next(v for k, v in report["rows"].items() if k.startswith("generated"))
-        sampler = f"{report['sampler']['sampler'].upper()}-{report['steps']}"
+        sampler = sampler_name(report)
         bound = report.get("likelihood_bound")
         bpd = f"{bound['bits_per_dim']:.3f} ({bound['n_images']} images)" if bound else ""
         run, weights = Path(report["checkpoint"]).parent.name, "EMA" if report.get("ema") else "raw"
+        ratio = gen["frechet_distance"] / report["rows"]["real training images (floor)"]["frechet_distance"]
         print(f"| {run} | {weights} | {sampler} | {gen['n']} | "
-              f"{gen['frechet_distance']:.2f} | {gen['classifier_score']:.2f} | {gen['mostly_white']:.1%} | "
+              f"{gen['frechet_distance']:.2f} | {ratio:.1f} | {gen['classifier_score']:.2f} | {gen['mostly_white']:.1%} | "
               f"{gen['blank']:.1%} | {histogram(gen)} | {report['sampling_seconds']:.0f} | {bpd} |")
     floor = report["rows"]["real training images (floor)"]
-    print(f"| real training images (floor) | | | {floor['n']} | {floor['frechet_distance']:.2f} | "
+    print(f"| real training images (floor) | | | {floor['n']} | {floor['frechet_distance']:.2f} | 1.0 | "
           f"{floor['classifier_score']:.2f} | {floor['mostly_white']:.1%} | {floor['blank']:.1%} | "
           f"{histogram(floor)} | | |")
     print(f"\nJudge accuracy on the validation set: {report['judge_accuracy']:.2%}")
