@@ -122,7 +122,8 @@ class PersianDigitDataset(Dataset):
         if bad and not skip_bad_files:
             raise DatasetError(
                 f"{len(bad)} PNG file(s) under {self.root_dir} have no digit label 0-9, e.g. {bad[0][0]}: "
-                "name each file '<digit 0-9>.<anything>.png', remove it, or pass skip_bad_files=True"
+                "name each file '<digit 0-9>.<anything>.png', remove it, "
+                "or pass --skip-bad-files (skip_bad_files=True in Python)"
             )
         kept = [(p, y) for p, y in zip(paths, labels) if y is not None]
         if skip_bad_files:
@@ -167,7 +168,7 @@ class PersianDigitDataset(Dataset):
         except _IMAGE_ERRORS as error:
             raise DatasetError(
                 f"cannot read image {path} ({error_text(error)}): "
-                "delete or replace it, or pass skip_bad_files=True"
+                "delete or replace it, or pass --skip-bad-files (skip_bad_files=True in Python)"
             ) from error
         if self.transform is not None:
             image = self.transform(image)

@@ -18,9 +18,12 @@ destroys the previous good checkpoint. What it holds:
 from __future__ import annotations
 
 import os
+import pickle
+import signal
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -29,7 +32,7 @@ from torch.optim.lr_scheduler import LRScheduler
 import distributed
 from diffusion_model import DiffusionModel
 from ema import EMA
-from files import atomic_save
+from files import atomic_save, error_text
 from unet import MyUNet
 
 FORMAT = "ddpm-tutorial-checkpoint"
@@ -82,12 +85,7 @@ def load_checkpoint(
     is not a checkpoint of this package, is of another version, or is corrupt.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # unpickling errors, truncated zips, foreign pickles
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    ckpt = _read(path, device)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this package (no '{FORMAT}' marker)")
     if ckpt.get("version") != VERSION:
@@ -100,6 +98,30 @@ def load_checkpoint(
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} does not match its own config ({type(exc).__name__}: {exc})") from exc
     return ddpm, ckpt
+
+
+def _read(path: Path, device: torch.device | str) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``, every failure told in this package's words."""
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file: pass the .pt file in it")
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is an empty file, not a checkpoint (an interrupted copy?)")
+    with open(path, "rb") as f:
+        written_by_torch = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+    if not written_by_torch:
+        raise CheckpointError(f"{path} is not a checkpoint of this package (not a file written by torch.save)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(f"{path} refused: it holds Python objects that could run code when loaded; "
+                                  "this package's checkpoints hold data only, so do not load this file") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: it is corrupt ({error_text(exc)})") from None
+    except Exception as exc:  # truncated or damaged zips raise RuntimeError and others
+        raise CheckpointError(f"{path} is not a readable checkpoint: it is truncated or corrupt "
+                              f"({error_text(exc, 120)})") from None
 
 
 def last_checkpoint_path(store_path: str | os.PathLike) -> Path:
@@ -123,6 +145,32 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs; they are delivered, in order, when it ends.
+
+    So a Ctrl-C (a second one too) during a checkpoint save waits for the
+    complete file instead of leaving none. Python runs signal handlers in the
+    main thread whichever thread the signal reached, so the handlers are swapped
+    for a recorder (blocking the signal would hold back only the calling
+    thread's share). A no-op outside the main thread, where handlers cannot be set.
+    """
+    received: list[int] = []
+    try:
+        previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in received:
+            signal.raise_signal(signum)
 
 
 @dataclass
@@ -174,10 +222,11 @@ class TrainState:
         if not distributed.is_main_process():
             return
         extra = dict(ema=self.ema.state_dict()) if self.ema is not None else {}
-        save_checkpoint(path, self.ddpm, model_config(self.dataset, self.ddpm), history=self.history,
-                        progress=self.progress(), train_args=self.train_args,
-                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), rng=rngs,
-                        **extra)
+        with signals_deferred():  # a Ctrl-C now waits until the file is complete
+            save_checkpoint(path, self.ddpm, model_config(self.dataset, self.ddpm), history=self.history,
+                            progress=self.progress(), train_args=self.train_args,
+                            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                            rng=rngs, **extra)
 
     def restore(self, ckpt: dict[str, Any],
                 load_optimizer: Callable[[torch.optim.Optimizer, dict], None] | None = None) -> None:
@@ -190,7 +239,8 @@ class TrainState:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.ema is not None and "ema" in ckpt:
             self.ema.load_state_dict(ckpt["ema"])
-        set_rng_state(ckpt["rng"][distributed.rank()], self.ddpm.device)
+        rngs = ckpt["rng"]  # one per rank of the run; a run continued on more ranks reuses them in turn
+        set_rng_state(rngs[distributed.rank() % len(rngs)], self.ddpm.device)
         self.history = ckpt["history"]
         progress = ckpt["progress"]
         self.epoch, self.batch = int(progress["epoch"]), int(progress["batch"])

@@ -8,6 +8,7 @@ nonsense, so that every default and every check of an option sits beside it.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Sequence
 
 from Dataset import DATASETS
@@ -16,6 +17,21 @@ from fastpath import PARTS, RECOMMENDED, describe, parse_parts
 from figures import DISPLAY_MODES
 from unet import ARCHITECTURES
 from utils import DEFAULT_SAMPLE_STEPS, SAMPLERS
+
+
+DEFAULT_DATASET = "mnist"
+
+
+class DefaultsOnceFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help, except for switches, for options without a default, and
+    where the help text already tells its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
+                or "default" in text or action.nargs == 0:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class UsageError(Exception):
@@ -38,15 +54,15 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not 0 < value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    if not 0 <= value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -70,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="Denoising Diffusion Probabilistic Models, as in the tutorial paper: "
         "train on MNIST or Persian digits, sample images and GIFs, draw the paper's figures.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     _add_actions(p)
     _add_data_options(p)
@@ -95,7 +111,9 @@ def _add_actions(p: argparse.ArgumentParser) -> None:
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="mnist", help="which of the paper's datasets")
+    data.add_argument("--dataset", choices=DATASETS, default=None,
+                      help=f"which of the paper's datasets (default: {DEFAULT_DATASET}; to --sample or --evaluate, "
+                           "the one checkpoint in --out-dir)")
     data.add_argument("--data-root", default="./data",
                       help="folder with the data (MNIST/raw/..., persian_digits.zip or its extracted folder); "
                            "missing data is downloaded there")
@@ -146,7 +164,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     samp = p.add_argument_group("sampling")
     samp.add_argument("--checkpoint", default=None,
-                      help="checkpoint to write (--train) and read (--sample); default: OUT_DIR/ddpm_model.pt")
+                      help="checkpoint to write (--train) and read (--sample); default: OUT_DIR/ddpm_DATASET.pt; to sample, the one checkpoint in --out-dir")
     samp.add_argument("--n-samples", type=positive_int, default=16, help="images to generate")
     samp.add_argument("--gif", default=None, help="also write the reverse process as a GIF to this path")
     samp.add_argument("--frames-per-gif", type=positive_int, default=100, help="frames of the GIF before the hold")
@@ -194,6 +212,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (args.train or args.sample or args.figures or args.evaluate):
         parser.error("nothing to do: give --train, --sample, --evaluate and/or --figures")
+    if args.dataset is None and ((args.train and not args.resume) or args.figures):
+        args.dataset = DEFAULT_DATASET  # (--resume takes the run's; --sample the checkpoint's)
     if args.timesteps > 1 and args.beta_end <= args.beta_start:
         parser.error(f"--beta-end ({args.beta_end}) must be larger than --beta-start ({args.beta_start})")
     if not 0.0 <= args.ema_decay < 1.0:

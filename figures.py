@@ -13,11 +13,12 @@ GIF frames are tiled with einops and written with imageio.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import einops
 import imageio.v2 as imageio
@@ -27,7 +28,7 @@ from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, Dataset
 
 from diffusion_model import DiffusionModel
-from files import DatasetError, PathLike, error_text
+from files import PathLike, write_atomic
 from unet import sinusoidal_embedding
 
 logger = logging.getLogger(__name__)
@@ -81,16 +82,27 @@ def tile(images: torch.Tensor, display: str = "clamp") -> np.ndarray:
 def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, hold: int, fps: float = 20.0) -> None:
     """Write grey frames (H, W, 1) as an endlessly looping GIF, the last frame repeated ``hold`` times."""
     frames = list(frames) + [frames[-1]] * hold
-    imageio.mimsave(path, [f[:, :, 0] for f in frames], format="GIF", duration=1000.0 / fps, loop=0)
+    buffer = io.BytesIO()
+    imageio.mimsave(buffer, [f[:, :, 0] for f in frames], format="GIF", duration=1000.0 / fps, loop=0)
+    write_atomic(path, buffer.getvalue())
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, display: str = "clamp") -> None:
     """Save a batch of images as one PNG grid at native resolution (Figures 16 and 18)."""
-    imageio.imwrite(path, tile(images, display)[:, :, 0], format="PNG")
+    buffer = io.BytesIO()
+    imageio.imwrite(buffer, tile(images, display)[:, :, 0], format="PNG")
+    write_atomic(path, buffer.getvalue())
 
 
 
 # --------------------------------------------------------------------------- figures
+
+
+def save_figure(fig: Figure, path: PathLike, **options: Any) -> None:
+    """``fig`` as a PNG at ``path``, rendered in memory and written with ``files.write_atomic``."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **options)
+    write_atomic(path, buffer.getvalue())
 
 
 def _as_dataset(data: Union[Dataset, DataLoader]) -> Dataset:
@@ -131,14 +143,9 @@ def save_dataset_samples(
             ax.set_title(f"{split} {int(label)}", fontsize=8)
         row0 += rows
     fig.tight_layout()
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    except OSError as error:
-        raise DatasetError(f"cannot write {path} ({error_text(error)}): choose a writable output path") from error
+    save_figure(fig, path)
     logger.info("saved dataset samples to %s", path)
-    return path
+    return Path(path)
 
 
 def save_loss_curves(history: dict[str, list[float]], path: str | os.PathLike) -> None:
@@ -151,7 +158,7 @@ def save_loss_curves(history: dict[str, list[float]], path: str | os.PathLike) -
     ax.set(title="Loss per Epoch", xlabel="Epoch", ylabel="Loss (Eq. 8)")
     ax.legend()
     ax.grid(True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def save_forward_process(
@@ -184,7 +191,7 @@ def save_forward_process(
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(f"t = {step + 1}")  # the paper's 1-based step
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def save_embedding_matrix(path: str | os.PathLike, n: int = 64, d: int = 100) -> None:
@@ -199,4 +206,4 @@ def save_embedding_matrix(path: str | os.PathLike, n: int = 64, d: int = 100) ->
     im = ax.imshow((emb @ emb.T).numpy(), cmap="viridis")
     fig.colorbar(im, ax=ax)
     ax.set(title=f"PE(i) . PE(j), {n} positions, d = {d}", xlabel="position j", ylabel="position i")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path, dpi=100, bbox_inches="tight")

@@ -1,6 +1,6 @@
 """Command line of the DDPM tutorial package: data -> training -> samples -> scores and figures.
 
-    python main.py --dataset mnist --train          # train, save runs/ddpm_model.pt
+    python main.py --dataset mnist --train          # train, save runs/ddpm_mnist.pt
     python main.py --sample --gif out.gif            # sample from that checkpoint
     python main.py --dataset persian --figures       # draw the paper's figures
 
@@ -14,7 +14,6 @@ tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -30,18 +29,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import distributed
 from checkpoint import CheckpointError, TrainState, last_checkpoint_path, load_checkpoint
-from cli import UsageError, parse_args
+from cli import DEFAULT_DATASET, UsageError, parse_args
 from Dataset import IMAGE_SIZES, DatasetError, get_data_loaders
 from diffusion_model import DiffusionModel
 from ema import EMA
 from fastpath import describe, loss_function, make_optimizer, prepare_model, recommended_parts, restore_optimizer
 from fastpath import to_tensor_loader
 from figures import save_dataset_samples, save_embedding_matrix, save_forward_process
-from files import writable_beside_data
+from files import OutputError, RunLock, remove_orphans, writable_beside_data, write_json
 from likelihood import bits_per_dim
 from quality import format_table, judge_outputs, load_or_train_judge, score
 from unet import MyUNet
-from utils import StopRequest, TrainingInterrupted, sample, sampling_steps, training_loop
+from utils import StopRequest, TrainingDiverged, TrainingInterrupted, sample, sampling_steps, training_loop
 
 log = logging.getLogger("ddpm")
 
@@ -58,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm():
             run(args)
-    except (UsageError, CheckpointError, DatasetError, distributed.MainProcessFailed) as exc:
+    except (UsageError, CheckpointError, DatasetError, OutputError, TrainingDiverged,
+            distributed.MainProcessFailed) as exc:
         print(f"main.py: error: {user_message(exc)}", file=sys.stderr)
         return 1
     except TrainingInterrupted as exc:
@@ -88,13 +88,17 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(str(exc)) from exc
     torch.manual_seed(args.seed + distributed.rank())  # different noise on each rank, reproducibly
     out_dir = Path(args.out_dir)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else out_dir / "ddpm_model.pt"
+    checkpoint = checkpoint_path(args, out_dir)
     main_process = distributed.is_main_process()
+    lock = RunLock(out_dir)
 
     def prepare() -> None:  # on rank 0 alone, before the other ranks read the data
         ensure_writable(out_dir / "probe")
         if args.train:
             ensure_writable(checkpoint)
+            lock.acquire()  # one training run at a time in an output folder
+            for folder in {out_dir, checkpoint.parent}:
+                remove_orphans(folder)
             if distributed.is_distributed() and not args.resume:  # (a resumed run's data is there already)
                 load_data(args, device)  # downloads missing data once, not once per rank
         if args.figures:
@@ -105,6 +109,7 @@ def run(args: argparse.Namespace) -> None:
         if args.train:
             train(args, device, checkpoint, out_dir)
     finally:
+        lock.release()
         distributed.cleanup()
     if not main_process:
         return
@@ -129,6 +134,10 @@ def load_data(args: argparse.Namespace, device: torch.device, dataset: str | Non
 def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
     """Build (or, with --resume, reload) the model and run the training loop of Figure 12."""
     ddpm, saved = resume_point(args, device, checkpoint) if args.resume else (new_model(args, device), None)
+    if saved is not None and saved["progress"]["epoch"] >= args.epochs:
+        log.warning("Nothing to train: the run in %s is complete (%d of %d epochs); pass a larger --epochs "
+                    "to train it further", checkpoint.parent, saved["progress"]["epoch"], args.epochs)
+        return
     parts = recommended_parts(device) if args.fast else (args.fast_parts or frozenset())
     prepare_model(ddpm, parts)
     train_loader, val_loader = load_data(args, device)
@@ -147,6 +156,11 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
                         lr_gamma=args.lr_gamma, seed=args.seed, ema_decay=args.ema_decay,
                         world_size=distributed.world_size(), fast_parts=sorted(parts)))
     if saved is not None:
+        if saved["train_args"].get("world_size") != distributed.world_size():
+            log.warning("Resuming a run of %s process(es) with %d: it goes on from the saved state, but no longer "
+                        "repeats an uninterrupted run exactly (the global batch and the shard order change)",
+                        saved["train_args"].get("world_size"), distributed.world_size())
+            saved["progress"] = rescale_position(saved, args.batch_size * distributed.world_size())
         if sorted(parts) != saved.get("train_args", {}).get("fast_parts", []):
             log.warning("Resuming with fast-path parts %s; the run was trained with %s: the rest of the run "
                         "will not repeat an uninterrupted one exactly", describe(parts),
@@ -160,12 +174,14 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
              n_params, device, describe(parts), args.epochs, len(train_loader.dataset), len(val_loader.dataset),
              args.batch_size, distributed.world_size(), args.batch_size * distributed.world_size())
     curves = out_dir / f"loss_curves_{args.dataset}.png"
-    with StopRequest() as stop:
-        history = training_loop(state, train_loader, val_loader, args.epochs, store_path=checkpoint,
-                                loss_curve_path=curves, seed=args.seed, should_stop=stop,
-                                loss_fn=loss_function(model, parts, device, args.batch_size))
-    if distributed.is_main_process():
-        (out_dir / f"history_{args.dataset}.json").write_text(json.dumps(history, indent=2))
+    try:
+        with StopRequest() as stop:
+            training_loop(state, train_loader, val_loader, args.epochs, store_path=checkpoint,
+                          loss_curve_path=curves, seed=args.seed, should_stop=stop,
+                          loss_fn=loss_function(model, parts, device, args.batch_size))
+    finally:  # also after an interruption or a divergence: the history of the finished epochs
+        if distributed.is_main_process():
+            write_json(out_dir / f"history_{args.dataset}.json", state.history)
     log.info("Best checkpoint: %s; loss curves: %s", checkpoint, curves)
 
 
@@ -173,28 +189,64 @@ def new_model(args: argparse.Namespace, device: torch.device) -> DiffusionModel:
     """A fresh DDPM for --dataset with the CLI's schedule and network options."""
     size = IMAGE_SIZES[args.dataset]
     net = MyUNet(n_steps=args.timesteps, time_emb_dim=args.time_emb_dim, image_size=size, arch=args.arch)
-    return DiffusionModel(net, args.beta_start, args.beta_end, args.timesteps, device=device)
+    ddpm = DiffusionModel(net, args.beta_start, args.beta_end, args.timesteps, device=device)
+    alpha_bar_T = ddpm.alpha_bars[-1].item()
+    if alpha_bar_T > 0.01:  # x_T keeps sqrt(alpha_bar_T) of the image: sampling from N(0, I) starts elsewhere
+        log.warning("alpha_bar_T is %.3g with --timesteps %d and --beta-end %g: the last noised images keep "
+                    "much of the image, so samples drawn from pure noise will be poor; raise --beta-end or "
+                    "--timesteps until alpha_bar_T is near 0 (the paper's schedule: 4e-05)", alpha_bar_T,
+                    args.timesteps, args.beta_end)
+    return ddpm
+
+
+# What --resume compares: the flag, and where the run recorded it.
+RESUMED_SETTINGS = {
+    "arch": ("--arch", lambda c: c["config"]["network"]["arch"]),
+    "timesteps": ("--timesteps", lambda c: c["config"]["timesteps"]),
+    "beta_start": ("--beta-start", lambda c: c["config"]["beta_start"]),
+    "beta_end": ("--beta-end", lambda c: c["config"]["beta_end"]),
+    "time_emb_dim": ("--time-emb-dim", lambda c: c["config"]["network"]["time_emb_dim"]),
+    "batch_size": ("--batch-size", lambda c: c["train_args"]["batch_size"]),
+    "lr": ("--lr", lambda c: c["train_args"]["lr"]),
+    "lr_step": ("--lr-step", lambda c: c["train_args"]["lr_step"]),
+    "lr_gamma": ("--lr-gamma", lambda c: c["train_args"]["lr_gamma"]),
+    "ema_decay": ("--ema-decay", lambda c: c["train_args"]["ema_decay"]),
+    "seed": ("--seed", lambda c: c["train_args"]["seed"]),
+}
 
 
 def resume_point(args: argparse.Namespace, device: torch.device,
                  checkpoint: Path) -> tuple[DiffusionModel, dict[str, Any]]:
-    """The model and checkpoint dict of --resume (the ``_last`` file), refused when it cannot resume exactly.
+    """The model and checkpoint dict that --resume continues: the ``_last`` file, else the best one.
 
-    Sets ``args.dataset`` to the run's dataset.
+    Refused, with every difference listed, when an option that defines the run
+    differs from what the run was trained with. Sets ``args.dataset`` to the run's.
     """
     last = last_checkpoint_path(checkpoint)
+    if not last.is_file() and checkpoint.is_file():
+        log.warning("%s is missing (a save was interrupted?): resuming from the best checkpoint %s, "
+                    "the state after its epoch", last, checkpoint)
+        last = checkpoint
     ddpm, ckpt = open_checkpoint(last, device)
     if "progress" not in ckpt:
         raise UsageError(f"{last} holds no training state to resume from")
-    if ckpt["config"]["dataset"] != args.dataset:
-        log.warning("Resuming a %s run (ignoring --dataset %s)", ckpt["config"]["dataset"], args.dataset)
+    if args.dataset not in (None, ckpt["config"]["dataset"]):
+        raise UsageError(f"cannot resume {last}: it is a {ckpt['config']['dataset']} run, not {args.dataset}")
     args.dataset = ckpt["config"]["dataset"]
-    saved = ckpt.get("train_args", {})
-    for key, now in (("batch_size", args.batch_size), ("seed", args.seed), ("world_size", distributed.world_size())):
-        if saved.get(key) != now:  # the replayed epoch order would differ
-            raise UsageError(f"cannot resume {last} exactly: it was trained with {key} {saved.get(key)}, "
-                             f"this run has {now}; resume with the same settings")
+    changed = [f"{flag} {getattr(args, key)} (the run: {recorded(ckpt)})"
+               for key, (flag, recorded) in RESUMED_SETTINGS.items() if getattr(args, key) != recorded(ckpt)]
+    if changed:
+        raise UsageError(f"cannot resume {last}: {', '.join(changed)}; resume with the run's settings, or train "
+                         "a new run into another --out-dir")
     return ddpm, ckpt
+
+
+def rescale_position(ckpt: dict[str, Any], global_batch: int) -> dict[str, Any]:
+    """The saved position inside an epoch, in batches of ``global_batch`` images instead of the run's."""
+    progress = dict(ckpt["progress"])
+    args = ckpt["train_args"]
+    progress["batch"] = progress["batch"] * args["batch_size"] * args["world_size"] // global_batch
+    return progress
 
 
 # --------------------------------------------------------------------------- --sample and --evaluate
@@ -254,7 +306,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
                   steps=steps, seed=args.seed, sampling_seconds=seconds, judge_accuracy=judge_accuracy, rows=rows)
     if args.bpd_images > 0:
         report["likelihood_bound"] = likelihood_bound(ddpm, val_loader, args.bpd_images, args.seed)
-    report_path.write_text(json.dumps(report, indent=2))
+    write_json(report_path, report)
     log.info("Saved %s", report_path)
 
 
@@ -288,6 +340,24 @@ def draw_figures(args: argparse.Namespace, device: torch.device, out_dir: Path) 
 
 
 # --------------------------------------------------------------------------- helpers of the actions
+
+
+def checkpoint_path(args: argparse.Namespace, out_dir: Path) -> Path:
+    """--checkpoint, else ``OUT_DIR/ddpm_<dataset>.pt``; to sample with no --dataset, the one checkpoint there."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    if args.train or args.dataset:
+        return out_dir / f"ddpm_{args.dataset or DEFAULT_DATASET}.pt"
+    if not (args.sample or args.evaluate):
+        return out_dir / f"ddpm_{DEFAULT_DATASET}.pt"
+    found = sorted(p for p in out_dir.glob("ddpm_*.pt") if not p.stem.endswith("_last"))
+    if not found:
+        raise UsageError(f"no checkpoint in {out_dir}; train one first: python main.py --dataset mnist --train "
+                         "(or pass --checkpoint PATH)")
+    if len(found) > 1:
+        raise UsageError(f"{out_dir} holds several checkpoints ({', '.join(p.name for p in found)}): "
+                         "pass --dataset NAME or --checkpoint PATH")
+    return found[0]
 
 
 def open_checkpoint(checkpoint: Path, device: torch.device,

@@ -93,7 +93,7 @@ def extract_zip(zip_path: PathLike, target: PathLike) -> Path:
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extracting-", dir=target.parent))
         except OSError as error:
             raise DatasetError(
-                f"cannot write into {target.parent} ({error_text(error)}): pass extract_dir=<a writable folder>"
+                f"cannot write into {target.parent} ({error_text(error)}): pass --extract-dir DIR, a writable folder"
             ) from error
         try:
             try:
@@ -105,7 +105,7 @@ def extract_zip(zip_path: PathLike, target: PathLike) -> Path:
             except OSError as error:
                 raise DatasetError(
                     f"could not extract {zip_path} into {target.parent} ({error_text(error)}): "
-                    "check free disk space and permissions, or pass extract_dir=<another folder>"
+                    "check free disk space and permissions, or pass --extract-dir DIR, another folder"
                 ) from error
             _move_into_place(tmp, target)
         finally:
@@ -122,7 +122,7 @@ def _download_persian_zip(folder: Path) -> Path:
     except ImportError as error:
         raise DatasetError(
             "the Persian digits were not found locally and gdown is not installed: "
-            f"pip install gdown, or pass persian_zip=<path to {PERSIAN_ZIP_NAME}>"
+            f"pip install gdown, or pass --persian-zip PATH (the {PERSIAN_ZIP_NAME} file)"
         ) from error
     output = folder / PERSIAN_ZIP_NAME
     logger.info("downloading the Persian digits from %s", PERSIAN_URL)
@@ -131,12 +131,12 @@ def _download_persian_zip(folder: Path) -> Path:
     except Exception as error:  # gdown raises many types (requests, its own errors)
         raise DatasetError(
             f"could not download the Persian digits ({error_text(error)}): download {PERSIAN_URL} "
-            f"by hand and pass persian_zip=<path to the zip> or put it in the data root as {PERSIAN_ZIP_NAME}"
+            f"by hand and pass --persian-zip PATH or put it in the data root as {PERSIAN_ZIP_NAME}"
         ) from error
     if result is None or not output.is_file():  # older gdown versions return None on failure
         raise DatasetError(
             f"could not download the Persian digits from {PERSIAN_URL}: download it by hand "
-            "and pass persian_zip=<path to the zip>"
+            "and pass --persian-zip PATH"
         )
     return output
 
@@ -180,7 +180,7 @@ def prepare_persian_digits(
         raise DatasetError(
             f"cannot extract the Persian digits: {', '.join(map(str, candidates))} cannot be written "
             "(read-only, or a file is in the way); "
-            "pass extract_dir=<a writable folder>"
+            "pass --extract-dir DIR, a writable folder"
         )
     target = writable[0]
     if target != candidates[0]:
@@ -191,14 +191,14 @@ def prepare_persian_digits(
     if not download:
         raise DatasetError(
             f"Persian digits not found (no PNGs in {', '.join(map(str, candidates))}, no {zip_path}) "
-            "and download is off: pass persian_zip=<zip or extracted folder> or allow the download"
+            "and download is off: pass --persian-zip PATH (the zip or its extracted folder) or allow the download"
         )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         download_dir = tempfile.TemporaryDirectory(prefix=f".{target.name}.download-", dir=target.parent)
     except OSError as error:
         raise DatasetError(
-            f"cannot write into {target.parent} ({error_text(error)}): pass extract_dir=<a writable folder>"
+            f"cannot write into {target.parent} ({error_text(error)}): pass --extract-dir DIR, a writable folder"
         ) from error
     # Leaving the block removes the downloaded zip, as the listing's os.remove does (Figure 3),
     # and also a partial or corrupt download.

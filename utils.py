@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import signal
 import time
@@ -72,6 +73,15 @@ class TrainingInterrupted(Exception):
     def __init__(self, path: Path) -> None:
         super().__init__(f"training interrupted; its state was saved to {path}")
         self.path = path
+
+
+class TrainingDiverged(Exception):
+    """The loss stopped being a finite number; nothing of the diverged state was saved."""
+
+    def __init__(self, epoch: int, batch: int | None, loss: float, lr: float) -> None:
+        where = f"epoch {epoch}, batch {batch}" if batch is not None else f"the validation of epoch {epoch}"
+        super().__init__(f"training diverged: the loss is {loss} at {where}; the checkpoints of the last good "
+                         f"epoch are untouched; train again with a smaller --lr (this run: {lr:g})")
 
 
 class StopRequest:
@@ -147,6 +157,8 @@ def training_loop(
         train_loss = _train_epoch(state, train_loader, n_epochs, loss_fn, should_stop, store_path)
         val_loss = evaluate(state.ddpm, val_loader, seed=seed)
         lr = state.optimizer.param_groups[0]["lr"]  # the rate this epoch was trained with
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(epoch + 1, None, val_loss, lr)
         state.scheduler.step()
         for key, value in (("train_loss", train_loss), ("val_loss", val_loss), ("lr", lr),
                            ("epoch_seconds", time.perf_counter() - start)):
@@ -184,8 +196,10 @@ def _train_epoch(state: TrainState, train_loader: DataLoader, n_epochs: int,
     for done, batch in enumerate(progress_bar(batches, leave=False, desc=f"Epoch {epoch + 1}/{n_epochs} - Training",
                                               initial=skip, total=len(train_loader)), start=skip + 1):
         x0 = batch[0].to(device, non_blocking=True)
-        loss = state.step(x0, loss_fn)
-        loss_sum += loss.item() * len(x0)
+        loss = state.step(x0, loss_fn).item()
+        if distributed.any_rank(not math.isfinite(loss), x0.device):
+            raise TrainingDiverged(epoch + 1, done, loss, state.optimizer.param_groups[0]["lr"])
+        loss_sum += loss * len(x0)
         seen += len(x0)
         if should_stop is not None and distributed.any_rank(should_stop(), x0.device):
             total_loss, total_seen = distributed.all_reduce_sum([loss_sum, seen], x0.device)

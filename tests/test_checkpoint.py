@@ -41,14 +41,14 @@ def test_missing_corrupt_foreign_and_old_files(tmp_path):
         load_checkpoint(tmp_path / "none.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a checkpoint of this package .not a file written by torch"):
         load_checkpoint(bad)
     ddpm = make()
     good = tmp_path / "good.pt"
     save_checkpoint(good, ddpm, model_config("persian", ddpm))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint: it is truncated or corrupt"):
         load_checkpoint(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save(ddpm.state_dict(), foreign)  # a bare state_dict, as the paper saves
@@ -64,7 +64,7 @@ def test_code_in_a_checkpoint_is_refused(tmp_path):
     """weights_only=True: a pickle that would run code is rejected, not executed."""
     evil = tmp_path / "evil.pt"
     torch.save(dict(format="ddpm-tutorial-checkpoint", version=VERSION, config=object()), evil)
-    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="refused: it holds Python objects that could run code"):
         load_checkpoint(evil)
 
 

@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
 def test_train_writes_checkpoints_and_figures(trained):
     work, result = trained
     runs = work / "runs"
-    for name in ("ddpm_model.pt", "ddpm_model_last.pt", "loss_curves_mnist.png", "history_mnist.json"):
+    for name in ("ddpm_mnist.pt", "ddpm_mnist_last.pt", "loss_curves_mnist.png", "history_mnist.json"):
         assert (runs / name).is_file(), name
     history = json.loads((runs / "history_mnist.json").read_text())
     assert len(history["train_loss"]) == 2 and len(history["val_loss"]) == 2
@@ -84,13 +84,13 @@ def test_user_errors_are_one_line_without_traceback(trained, tmp_path):
     work, _ = trained
     missing = run_cli("--sample", cwd=tmp_path)
     assert missing.returncode == 1
-    assert "no checkpoint at runs/ddpm_model.pt; train one first: python main.py --dataset mnist --train" \
+    assert "no checkpoint in runs; train one first: python main.py --dataset mnist --train" \
         in missing.stderr
-    (tmp_path / "corrupt.pt").write_bytes((work / "runs" / "ddpm_model.pt").read_bytes()[:1000])
+    (tmp_path / "corrupt.pt").write_bytes((work / "runs" / "ddpm_mnist.pt").read_bytes()[:1000])
     corrupt = run_cli("--sample", "--checkpoint", "corrupt.pt", cwd=tmp_path)
     assert corrupt.returncode == 1 and "corrupt.pt is not a readable checkpoint" in corrupt.stderr
     (tmp_path / "a_file").write_text("")
-    unwritable = run_cli("--sample", "--checkpoint", str(work / "runs" / "ddpm_model.pt"),
+    unwritable = run_cli("--sample", "--checkpoint", str(work / "runs" / "ddpm_mnist.pt"),
                          "--gif", "a_file/out.gif", cwd=tmp_path)
     assert unwritable.returncode == 1 and "cannot write a_file/out.gif" in unwritable.stderr
     no_data = run_cli("--train", "--data-root", "a_file/data", *TINY, cwd=tmp_path)
@@ -110,7 +110,7 @@ def test_user_errors_are_one_line_without_traceback(trained, tmp_path):
         (["--train", "--beta-start", "0.01", "--beta-end", "0.001"], "must be larger than --beta-start"),
         (["--train", "--beta-end", "1.5"], "--beta-end: must lie strictly between 0 and 1, got 1.5"),
         (["--train", "--beta-start", "0"], "--beta-start: must lie strictly between 0 and 1, got 0"),
-        (["--train", "--lr", "-1"], "--lr: must be a positive number, got -1"),
+        (["--train", "--lr", "-1"], "--lr: must be a finite positive number, got -1"),
         (["--train", "--epochs", "two"], "invalid positive_int value: 'two'"),
         (["--dataset", "cifar", "--train"], "invalid choice: 'cifar'"),
         ([], "nothing to do"),

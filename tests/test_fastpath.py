@@ -186,7 +186,7 @@ def test_cli_fast_parts(tmp_path, monkeypatch, caplog):
         assert cli.main(args) == 0
     assert "tensor_data: 16 training images held as one (16, 1, 28, 28) tensor on cpu" in caplog.text
     assert "(tensor_data+fused_adam+channels_last+bf16)" in caplog.text
-    ckpt = torch.load(tmp_path / "runs" / "ddpm_model.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "runs" / "ddpm_mnist.pt", weights_only=True)
     assert ckpt["train_args"]["fast_parts"] == ["bf16", "channels_last", "fused_adam", "tensor_data"]
     assert ckpt["optimizer"]["param_groups"][0]["fused"] is True
     weight = ckpt["model"]["backward_process_model.conv_out.weight"]
@@ -206,7 +206,7 @@ def test_cli_fast_uses_the_devices_recommended_parts(tmp_path, monkeypatch, capl
         assert cli.main(["--train", "--fast", "--epochs", "1", "--data-root", "data", "--timesteps", "10",
                          "--batch-size", "8", "--device", "cpu"]) == 0
     assert "on cpu (channels_last+bf16)" in caplog.text
-    ckpt = torch.load(tmp_path / "runs" / "ddpm_model.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "runs" / "ddpm_mnist.pt", weights_only=True)
     assert ckpt["train_args"]["fast_parts"] == ["bf16", "channels_last"]
 
 

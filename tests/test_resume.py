@@ -29,7 +29,7 @@ def data(tmp_path):
 
 
 def final_state(out: Path) -> tuple[dict, dict]:
-    _, ckpt = load_checkpoint(out / "ddpm_model_last.pt")
+    _, ckpt = load_checkpoint(out / "ddpm_mnist_last.pt")
     return ckpt["history"], ckpt
 
 
@@ -88,7 +88,7 @@ def test_resume_with_other_settings_is_refused(data, capsys):
     args = train_args(data / "run", 2, "--resume")
     args[args.index("--batch-size") + 1] = "4"
     assert cli.main(args) == 1
-    assert "trained with batch_size 8, this run has 4" in capsys.readouterr().err
+    assert "--batch-size 4 (the run: 8)" in capsys.readouterr().err
 
 
 def test_sigterm_mid_run_leaves_a_loadable_checkpoint(tmp_path):
@@ -97,7 +97,7 @@ def test_sigterm_mid_run_leaves_a_loadable_checkpoint(tmp_path):
     args = [a for a in train_args(out, 30) if a != "--quiet"]  # the log must show the signal
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    last = out / "ddpm_model_last.pt"
+    last = out / "ddpm_mnist_last.pt"
     deadline = time.monotonic() + 120
     while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
