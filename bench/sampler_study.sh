@@ -6,7 +6,8 @@
 #   reference  the 1000-step sampler, Algorithm 2 as the paper writes it (no clipping, sigma^2 = beta)
 #   fewstep    DPM-Solver++ and DDIM at 10, 15, 20 and 25 steps with the defaults ($CLIP, $SCHEDULE)
 #   diagnosis  deterministic DDIM, no clipping, uniform steps, at 10, 20, 50, 100 and all 1000 steps
-#   ddpm       the 1000-step sampler with --clip-x0 $CLIP, and with the posterior variance
+#   ddpm       the 1000-step sampler with --clip-x0 $CLIP
+#   variance   the 1000-step sampler with the posterior variance (no clipping)
 # The table: python bench/quality_table.py OUT/quality_*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +16,9 @@ DATA=${2:-../shared/data}
 OUT=${3:-runs/samplers}
 N=${4:-2000}
 shift $(( $# < 4 ? $# : 4 ))
-PHASES=${*:-options reference fewstep diagnosis ddpm}
+PHASES=${*:-options reference fewstep diagnosis ddpm variance}
 CLIP=${CLIP:-clip}
-SCHEDULE=${SCHEDULE:-logsnr}
+SCHEDULE=${SCHEDULE:-uniform}
 PY=${PYTHON:-python}
 ev() {
   echo "$(date +%T) evaluate $*" >&2
@@ -37,9 +38,8 @@ for phase in $PHASES; do
       done; done ;;
     diagnosis)
       for steps in 10 20 50 100 1000; do ev --sampler ddim --sample-steps "$steps"; done ;;
-    ddpm)
-      ev --sampler ddpm --clip-x0 "$CLIP"
-      ev --sampler ddpm --reverse-variance posterior ;;
+    ddpm) ev --sampler ddpm --clip-x0 "$CLIP" ;;
+    variance) ev --sampler ddpm --reverse-variance posterior ;;
     *) echo "unknown phase $phase" >&2; exit 2 ;;
   esac
 done
