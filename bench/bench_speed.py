@@ -14,8 +14,9 @@ Prints, for MNIST and the default ('fixed') UNet at batch 128:
    wall time (compilation included), the loss curves in windows, and the
    validation loss after the epoch. The fast path's curve is "within noise"
    when no window moves further from the eager curve than the other seed's does.
-3. Sampling images/s of the 1000-step ancestral sampler (Algorithm 2) and of
-   DDIM with 50 steps at the same batch size, with peak memory.
+3. Sampling images/s of the 1000-step ancestral sampler (Algorithm 2), of DDIM
+   with 50 steps and of DPM-Solver++ with 20 and 10 steps, at the same batch size,
+   with peak memory (``--sampling-only``: this part alone).
 
 Every measurement runs in a fresh process (so no compilation cache, allocator
 pool or page cache of one is counted for another), one after the other.
@@ -133,12 +134,13 @@ def train_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 def sample_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Draw ``opts.n_samples`` images with the sampler in ``opts.sampler`` from a fresh model."""
     ddpm = build(opts.seed, device).eval()
-    steps = opts.sample_steps if opts.sampler == "ddim" else None
+    steps = opts.sample_steps if opts.sampler != "ddpm" else None
     # Warm the kernels at this batch size (2 DDIM steps), so neither sampler pays their set-up.
     sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler="ddim", sample_steps=2, gif_name=None)
     reset_peak(device)
     start = time.perf_counter()
-    sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler=opts.sampler, sample_steps=steps, gif_name=None)
+    sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler=opts.sampler, sample_steps=steps, gif_name=None,
+           clip_x0="clip")
     sync(device)
     seconds = time.perf_counter() - start
     return dict(name=f"{opts.sampler}-{steps or ddpm.timesteps}", seconds=seconds, images=opts.n_samples,
@@ -227,12 +229,13 @@ def first_epoch_comparison(opts: argparse.Namespace, fast: frozenset[str]) -> An
 
 
 def sampling_table(opts: argparse.Namespace) -> Any:
-    """Images/s of the 1000-step sampler and of DDIM-50 at the same batch size."""
-    samplers = [child(opts, sampler="ddpm"), child(opts, sampler="ddim", sample_steps=50)]
+    """Images/s of the 1000-step sampler, DDIM-50 and DPM-Solver++ at 20 and 10 steps, at the same batch size."""
+    samplers = [child(opts, sampler="ddpm"), child(opts, sampler="ddim", sample_steps=50),
+                child(opts, sampler="dpm++", sample_steps=20), child(opts, sampler="dpm++", sample_steps=10)]
     print(f"\nSampling {opts.n_samples} images at once (fresh weights; the cost does not depend on them):")
     for r in samplers:
-        print(f"  {r['name']:<10} {r['seconds']:8.1f} s = {r['images_per_s']:7.2f} img/s, peak {r['peak_mib']:.0f} MiB")
-    print(f"  DDIM-50 is {samplers[1]['images_per_s'] / samplers[0]['images_per_s']:.1f}x faster than DDPM-1000")
+        print(f"  {r['name']:<10} {r['seconds']:8.1f} s = {r['images_per_s']:7.2f} img/s, peak {r['peak_mib']:.0f} MiB, "
+              f"{r['images_per_s'] / samplers[0]['images_per_s']:6.1f}x DDPM-1000")
     return samplers
 
 
@@ -249,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--windows", type=int, default=10, help="windows of the first-epoch loss curve")
     p.add_argument("--quick", action="store_true", help="smoke run: few steps, no whole epoch, 8 samples")
     p.add_argument("--skip-epoch", action="store_true", help="skip the whole-epoch comparison")
+    p.add_argument("--sampling-only", action="store_true", help="measure the samplers alone")
     p.add_argument("--combos", default="",
                    help="extra part combinations to time, ';'-separated, e.g. 'compile,bf16;bf16,channels_last'")
     p.add_argument("--json", default=None, help="also save every result to this JSON file")
@@ -271,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     fast = fastpath.recommended_parts(device)
     print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, MNIST, fixed UNet, "
           f"batch {opts.batch_size}; --fast on {device.type} = {fastpath.describe(fast)}")
-    results: dict[str, Any] = dict(training=training_table(opts, fast))
-    if not opts.skip_epoch:
+    results: dict[str, Any] = {} if opts.sampling_only else dict(training=training_table(opts, fast))
+    if not opts.skip_epoch and not opts.sampling_only:
         results["epoch"] = first_epoch_comparison(opts, fast)
     results["sampling"] = sampling_table(opts)
     if opts.json:
