@@ -8,6 +8,7 @@ noise, orphan temporary files and the CI's virtual environment.
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,23 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 def work(tmp_path):
     make_mnist(tmp_path / "data", n_train=24, n_test=8)  # 3 batches of 8
     write_zip(tmp_path / "data" / "persian_digits.zip", persian_members(40))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """A folder with the tiny data and a run trained for one epoch (``runs/``), made once for the module."""
+    folder = tmp_path_factory.mktemp("one_epoch")
+    make_mnist(folder / "data", n_train=24, n_test=8)
+    result = run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.fixture
+def trained(one_epoch, tmp_path):
+    """A private copy of ``one_epoch``."""
+    shutil.copytree(one_epoch, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 
@@ -99,15 +117,13 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(work):
 
 # 3. A diverging run stops with one line, leaves the last good checkpoint alone and strict JSON.
 @pytest.mark.parametrize("lr", ["1e30", "1e15"])
-def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoint(work, lr):
-    good = run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=work)
-    assert good.returncode == 0, good.stderr
-    before = {p.name: p.read_bytes() for p in (work / "runs").glob("*.pt")}
-    line = one_error_line(run_cli("--train", "--epochs", "2", "--lr", lr, "--data-root", "data", *TINY, cwd=work))
+def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoint(trained, lr):
+    before = {p.name: p.read_bytes() for p in (trained / "runs").glob("*.pt")}
+    line = one_error_line(run_cli("--train", "--epochs", "2", "--lr", lr, "--data-root", "data", *TINY, cwd=trained))
     assert "training diverged: the loss is" in line and "at epoch 1, batch" in line
     assert f"smaller --lr (this run: {float(lr):g})" in line
-    assert {p.name: p.read_bytes() for p in (work / "runs").glob("*.pt")} == before
-    history = json.loads((work / "runs" / "history_mnist.json").read_text(),
+    assert {p.name: p.read_bytes() for p in (trained / "runs").glob("*.pt")} == before
+    history = json.loads((trained / "runs" / "history_mnist.json").read_text(),
                          parse_constant=lambda name: pytest.fail(f"{name} in the history JSON"))
     assert history["train_loss"] == []  # the diverged run finished no epoch
 
@@ -123,26 +139,24 @@ FILE_LIMIT = "import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_
              "resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, {0}))"
 
 
-def test_a_full_disk_during_a_checkpoint_save(work):
-    assert run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=work).returncode == 0
-    last = work / "runs" / "ddpm_mnist_last.pt"
+def test_a_full_disk_during_a_checkpoint_save(trained):
+    last = trained / "runs" / "ddpm_mnist_last.pt"
     before = last.read_bytes()
-    result = run_cli("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY, cwd=work,
+    result = run_cli("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY, cwd=trained,
                      preamble=FILE_LIMIT.format(1_000_000))
     line = one_error_line(result)
     assert "cannot write runs/ddpm_mnist" in line and line.endswith("File too large")
     assert last.read_bytes() == before
-    assert not [p.name for p in (work / "runs").iterdir() if p.name.endswith(".tmp")]
+    assert not [p.name for p in (trained / "runs").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_a_full_disk_while_writing_the_gif(work):
-    assert run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=work).returncode == 0
-    result = run_cli("--sample", "--gif", "out.gif", "--n-samples", "16", cwd=work,
+def test_a_full_disk_while_writing_the_gif(trained):
+    result = run_cli("--sample", "--gif", "out.gif", "--n-samples", "16", cwd=trained,
                      preamble=FILE_LIMIT.format(20_000))
     line = one_error_line(result)
     assert line == "main.py: error: cannot write out.gif: File too large"
-    assert not (work / "out.gif").exists()
-    assert not [p.name for p in work.iterdir() if p.name.endswith(".tmp")]
+    assert not (trained / "out.gif").exists()
+    assert not [p.name for p in trained.iterdir() if p.name.endswith(".tmp")]
 
 
 # 5. A second Ctrl-C that lands inside the save waits for the save.
@@ -176,39 +190,35 @@ def test_a_second_signal_during_the_save_leaves_a_complete_checkpoint(work, monk
 
 # 6. --resume: changed settings listed and refused; a finished run said so; the best file as fallback;
 #    another number of processes continues with a warning.
-def test_resume_refuses_every_changed_setting(work, capsys):
-    assert run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=work).returncode == 0
+def test_resume_refuses_every_changed_setting(trained, capsys):
     line = one_error_line(run_cli("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY,
-                                  "--arch", "paper", "--lr", "5e-4", "--timesteps", "30", cwd=work))
+                                  "--arch", "paper", "--lr", "5e-4", "--timesteps", "30", cwd=trained))
     assert "--arch paper (the run: fixed)" in line and "--lr 0.0005 (the run: 0.001)" in line
     assert "--timesteps 30 (the run: 20)" in line
 
 
-def test_resume_of_a_finished_run_says_so(work):
-    assert run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=work).returncode == 0
-    result = run_cli("--train", "--epochs", "1", "--resume", "--data-root", "data", *TINY, cwd=work)
+def test_resume_of_a_finished_run_says_so(trained):
+    result = run_cli("--train", "--epochs", "1", "--resume", "--data-root", "data", *TINY, cwd=trained)
     assert result.returncode == 0
     assert "Nothing to train: the run in runs is complete (1 of 1 epochs)" in result.stderr
     assert "Resuming" not in result.stderr
 
 
-def test_resume_falls_back_to_the_best_checkpoint(work):
-    assert run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=work).returncode == 0
-    (work / "runs" / "ddpm_mnist_last.pt").unlink()  # as if the first _last write had crashed
-    result = run_cli("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY, cwd=work)
+def test_resume_falls_back_to_the_best_checkpoint(trained):
+    (trained / "runs" / "ddpm_mnist_last.pt").unlink()  # as if the first _last write had crashed
+    result = run_cli("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY, cwd=trained)
     assert result.returncode == 0, result.stderr
     assert "resuming from the best checkpoint runs/ddpm_mnist.pt" in result.stderr
-    assert load_checkpoint(work / "runs" / "ddpm_mnist_last.pt")[1]["progress"]["epoch"] == 2
+    assert load_checkpoint(trained / "runs" / "ddpm_mnist_last.pt")[1]["progress"]["epoch"] == 2
 
 
-def test_resume_with_another_number_of_processes_warns_and_goes_on(work):
-    assert run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=work).returncode == 0
-    last = work / "runs" / "ddpm_mnist_last.pt"
+def test_resume_with_another_number_of_processes_warns_and_goes_on(trained):
+    last = trained / "runs" / "ddpm_mnist_last.pt"
     ckpt = torch.load(last, weights_only=True)
     ckpt["train_args"]["world_size"] = 2  # as written by torchrun with 2 processes
     ckpt["rng"] = ckpt["rng"] * 2
     torch.save(ckpt, last)
-    result = run_cli("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY, cwd=work)
+    result = run_cli("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY, cwd=trained)
     assert result.returncode == 0, result.stderr
     assert "Resuming a run of 2 process(es) with 1" in result.stderr and "no longer" in result.stderr
 
