@@ -124,6 +124,73 @@ def _read(path: Path, device: torch.device | str) -> Any:
                               f"({error_text(exc, 120)})") from None
 
 
+# What --resume compares: the option, and where a run's checkpoint records it.
+RUN_SETTINGS = {
+    "arch": ("--arch", lambda c: c["config"]["network"]["arch"]),
+    "timesteps": ("--timesteps", lambda c: c["config"]["timesteps"]),
+    "beta_start": ("--beta-start", lambda c: c["config"]["beta_start"]),
+    "beta_end": ("--beta-end", lambda c: c["config"]["beta_end"]),
+    "time_emb_dim": ("--time-emb-dim", lambda c: c["config"]["network"]["time_emb_dim"]),
+    "batch_size": ("--batch-size", lambda c: c["train_args"]["batch_size"]),
+    "lr": ("--lr", lambda c: c["train_args"]["lr"]),
+    "lr_step": ("--lr-step", lambda c: c["train_args"]["lr_step"]),
+    "lr_gamma": ("--lr-gamma", lambda c: c["train_args"]["lr_gamma"]),
+    "ema_decay": ("--ema-decay", lambda c: c["train_args"]["ema_decay"]),
+    "seed": ("--seed", lambda c: c["train_args"]["seed"]),
+}
+
+
+def changed_settings(ckpt: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """``"--lr 0.0005 (the run: 0.001)"`` for every run-defining setting that differs from the run's."""
+    changed = []
+    for key, (flag, recorded) in RUN_SETTINGS.items():
+        try:
+            saved = recorded(ckpt)
+        except KeyError:
+            saved = None
+        if settings[key] != saved:
+            changed.append(f"{flag} {settings[key]} (the run: {saved})")
+    return changed
+
+
+def rescale_position(ckpt: dict[str, Any], global_batch: int, n_batches: int) -> dict[str, Any]:
+    """The saved position inside an epoch, in batches of ``global_batch`` images instead of the run's.
+
+    At most ``n_batches``, the new loader's length (each rank's share is padded, so the counts differ).
+    """
+    progress = dict(ckpt["progress"])
+    args = ckpt["train_args"]
+    seen_images = progress["batch"] * args["batch_size"] * args["world_size"]
+    progress["batch"] = min(seen_images // global_batch, n_batches)
+    return progress
+
+
+def checkpoints_in(folder: Path) -> list[Path]:
+    """The runs in ``folder``: each ``ddpm_<name>.pt`` (known from its best or its ``_last`` file), sorted."""
+    names = {p.name[: -len("_last.pt")] + ".pt" if p.name.endswith("_last.pt") else p.name
+             for p in Path(folder).glob("ddpm_*.pt")}
+    return sorted(Path(folder) / name for name in names)
+
+
+def find_checkpoint(folder: Path) -> Path:
+    """The one run in ``folder``; a ``CheckpointError`` that says what to do when there is none or several."""
+    runs = checkpoints_in(folder)
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        raise CheckpointError(f"no checkpoint in {folder}; train one first: python main.py --dataset mnist --train "
+                              "(or pass --checkpoint PATH)")
+    raise CheckpointError(f"{folder} holds several checkpoints ({', '.join(p.name for p in runs)}): "
+                          "pass --dataset NAME or --checkpoint PATH")
+
+
+def refuse_to_replace(checkpoint: Path) -> None:
+    """A new training would replace the run at ``checkpoint`` (best or last file there): a ``CheckpointError``."""
+    if checkpoint.exists() or last_checkpoint_path(checkpoint).exists():
+        raise CheckpointError(f"{checkpoint} already holds a run: continue it with --resume (and a larger --epochs), "
+                              "train into another --out-dir, or pass --overwrite to replace it")
+
+
 def last_checkpoint_path(store_path: str | os.PathLike) -> Path:
     """Where the last (resumable) state lives beside the best checkpoint: ``<stem>_last<suffix>``."""
     store_path = Path(store_path)
@@ -239,8 +306,11 @@ class TrainState:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.ema is not None and "ema" in ckpt:
             self.ema.load_state_dict(ckpt["ema"])
-        rngs = ckpt["rng"]  # one per rank of the run; a run continued on more ranks reuses them in turn
-        set_rng_state(rngs[distributed.rank() % len(rngs)], self.ddpm.device)
+        rngs, rank = ckpt["rng"], distributed.rank()  # one random state per rank of the run
+        if rank < len(rngs):
+            set_rng_state(rngs[rank], self.ddpm.device)
+        else:  # a rank the run did not have: its own stream, from the seed, the rank and the epoch
+            torch.manual_seed(ckpt["train_args"]["seed"] + 1000 * (int(ckpt["progress"]["epoch"]) + 1) + rank)
         self.history = ckpt["history"]
         progress = ckpt["progress"]
         self.epoch, self.batch = int(progress["epoch"]), int(progress["batch"])

@@ -149,6 +149,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     train.add_argument("--resume", action="store_true",
                        help="continue training from the last checkpoint (CHECKPOINT with _last) up to --epochs "
                             "in total: weights, EMA, optimizer, scheduler, epoch, history and random state")
+    train.add_argument("--overwrite", action="store_true",
+                       help="let a new training replace the run already in --out-dir for this dataset "
+                            "(without it, that is refused)")
     train.add_argument("--ema-decay", type=non_negative_float, default=0.999,
                        help="decay of the exponential moving average of the weights (with warm-up); 0 turns it off")
     train.add_argument("--lr-gamma", type=positive_float, default=0.5, help="StepLR: factor of each cut")
@@ -212,6 +215,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (args.train or args.sample or args.figures or args.evaluate):
         parser.error("nothing to do: give --train, --sample, --evaluate and/or --figures")
+    if args.figures and args.resume and args.dataset is None:
+        parser.error("--figures with --resume needs --dataset (the figures are drawn before the run is read)")
+    if args.overwrite and (not args.train or args.resume):
+        parser.error("--overwrite needs --train without --resume")
     if args.dataset is None and ((args.train and not args.resume) or args.figures):
         args.dataset = DEFAULT_DATASET  # (--resume takes the run's; --sample the checkpoint's)
     if args.timesteps > 1 and args.beta_end <= args.beta_start:

@@ -89,12 +89,27 @@ def writable_beside_data(data_root: PathLike, name: str) -> Path:
     return next((c for c in candidates if is_writable_dir(c)), candidates[-1])
 
 
+def ensure_writable(path: PathLike) -> Path:
+    """Create ``path``'s folder and check that a file can be written there; ``OutputError`` otherwise."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    return path
+
+
 def write_atomic(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file beside it and a rename: all of it or nothing.
 
     Any ``OSError`` (no space left, file too large, permission denied) becomes
     one ``OutputError`` naming the path and the cause; the temporary file is
-    removed and an older ``path`` stays as it was.
+    removed and an older ``path`` stays as it was. The file gets the usual
+    permissions (0666 less the umask) and is on disk before the rename.
     """
     path = Path(path)
     tmp = None
@@ -102,7 +117,10 @@ def write_atomic(path: PathLike, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
@@ -111,6 +129,12 @@ def write_atomic(path: PathLike, data: bytes) -> Path:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_save(payload: Any, path: PathLike) -> Path:
@@ -125,12 +149,21 @@ def write_json(path: PathLike, obj: Any) -> Path:
     return write_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
+# What a training run writes: the temporary files of these are its own (``write_atomic`` names them
+# ".<name>.<random>.tmp"; earlier versions "<name>.<random>.tmp" for checkpoints).
+TRAINING_OUTPUTS = ("ddpm_", "history_", "loss_curves_")
+
+
 def remove_orphans(folder: PathLike) -> list[Path]:
-    """Remove the temporary files that a killed write left in ``folder`` (call it while holding its ``RunLock``)."""
+    """Remove the temporary files that a killed training run left in ``folder`` (call it holding its ``RunLock``).
+
+    Only the temporary files of a training run's own outputs go: a sampling or
+    scoring command may be writing its own ones into the same folder.
+    """
     removed = []
-    # ".<name>.<random>.tmp" (write_atomic), "<name>.pt.<random>.tmp" (atomic saves of earlier versions)
-    for tmp in [*Path(folder).glob(f".*{TMP_SUFFIX}"), *Path(folder).glob(f"*.pt.*{TMP_SUFFIX}")]:
-        if tmp.is_file():
+    for tmp in Path(folder).glob(f"*{TMP_SUFFIX}"):
+        name = tmp.name[1:] if tmp.name.startswith(".") else tmp.name
+        if tmp.is_file() and name.startswith(TRAINING_OUTPUTS):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     if removed:
@@ -139,71 +172,60 @@ def remove_orphans(folder: PathLike) -> list[Path]:
 
 
 class RunLock:
-    """An exclusive lock on a training run's output folder: the file ``.train.lock`` in it.
+    """An exclusive lock on a training run's output folder, held through the file ``.train.lock`` in it.
 
-    It records this process's id, host and start time. A second run finds it
-    and stops with one ``OutputError`` line naming the running one; a lock whose
-    process is gone (killed) is stale and is taken over with a warning.
+    The operating system's lock on that file (``fcntl.flock``) is what excludes
+    a second run, and the system releases it when the holding process ends,
+    however it ends: so a killed run never leaves a lock behind. The file also
+    records the holder's process id, host and start time, for the message a
+    second run prints. Where ``fcntl`` does not exist (Windows) there is no lock.
     """
 
     NAME = ".train.lock"
 
     def __init__(self, folder: PathLike) -> None:
         self.path = Path(folder) / self.NAME
-        self.held = False
+        self._file: Any = None
 
     def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        record = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and self._alive(owner):
-                    raise OutputError(
-                        f"{self.path.parent} is in use by another training run (pid {owner.get('pid')} on "
-                        f"{owner.get('host')}, started {owner.get('started')}): wait for it, or choose another "
-                        "--out-dir") from None
-                logger.warning("Taking over the stale lock %s of a run that no longer exists (%s)", self.path,
-                               owner or "unreadable")
-                self.path.unlink(missing_ok=True)
-                continue
-            except OSError as exc:
-                raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            self.held = True
+        try:
+            import fcntl
+        except ImportError:  # not on a POSIX system
             return self
-        raise OutputError(f"cannot take the lock {self.path}: another run keeps creating it")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "a run that has not written its name yet"
+            f.close()
+            raise OutputError(f"{self.path.parent} is in use by another training run ({holder}): wait for it, "
+                              "or choose another --out-dir") from None
+        f.seek(0)
+        previous = f.read().strip()
+        if previous:
+            logger.warning("Taking over the lock of %s, which ended without releasing it (%s)",
+                           self.path.parent, previous)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        self._file = f
+        return self
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()  # an empty file: nobody holds it
+            self._file.close()  # closing releases the system's lock
+            self._file = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-    def _owner(self) -> dict[str, Any] | None:
-        try:
-            owner = json.loads(self.path.read_text())
-            return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
-        except (OSError, ValueError):
-            return None
-
-    @staticmethod
-    def _alive(owner: dict[str, Any]) -> bool:
-        """Whether the owner still runs; a lock from another host counts as alive (it cannot be checked)."""
-        if owner.get("host") != socket.gethostname():
-            return True
-        try:
-            os.kill(owner["pid"], 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # it exists, under another user
-            return True
-        return True

@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +27,17 @@ from torch.optim.lr_scheduler import StepLR
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import distributed
-from checkpoint import CheckpointError, TrainState, last_checkpoint_path, load_checkpoint
+from checkpoint import (
+    CheckpointError,
+    TrainState,
+    changed_settings,
+    checkpoints_in,
+    find_checkpoint,
+    last_checkpoint_path,
+    load_checkpoint,
+    refuse_to_replace,
+    rescale_position,
+)
 from cli import DEFAULT_DATASET, UsageError, parse_args
 from Dataset import IMAGE_SIZES, DatasetError, get_data_loaders
 from diffusion_model import DiffusionModel
@@ -36,7 +45,7 @@ from ema import EMA
 from fastpath import describe, loss_function, make_optimizer, prepare_model, recommended_parts, restore_optimizer
 from fastpath import to_tensor_loader
 from figures import save_dataset_samples, save_embedding_matrix, save_forward_process
-from files import OutputError, RunLock, remove_orphans, writable_beside_data, write_json
+from files import OutputError, RunLock, ensure_writable, remove_orphans, writable_beside_data, write_json
 from likelihood import bits_per_dim
 from quality import format_table, judge_outputs, load_or_train_judge, score
 from unet import MyUNet
@@ -65,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"main.py: {exc}; continue with the same command and --resume", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("main.py: interrupted", file=sys.stderr)
+        hint = "; a training run keeps its last complete checkpoint: continue with --resume" if args.train else ""
+        print(f"main.py: interrupted{hint}", file=sys.stderr)
         return 130
     finally:
         if previous is None:
@@ -90,13 +100,16 @@ def run(args: argparse.Namespace) -> None:
     out_dir = Path(args.out_dir)
     checkpoint = checkpoint_path(args, out_dir)
     main_process = distributed.is_main_process()
-    lock = RunLock(out_dir)
+    locks = [RunLock(folder) for folder in dict.fromkeys([out_dir, checkpoint.parent])]
 
     def prepare() -> None:  # on rank 0 alone, before the other ranks read the data
         ensure_writable(out_dir / "probe")
         if args.train:
             ensure_writable(checkpoint)
-            lock.acquire()  # one training run at a time in an output folder
+            for lock in locks:  # one training run at a time in an output folder
+                lock.acquire()
+            if not args.resume and not args.overwrite:
+                refuse_to_replace(checkpoint)
             for folder in {out_dir, checkpoint.parent}:
                 remove_orphans(folder)
             if distributed.is_distributed() and not args.resume:  # (a resumed run's data is there already)
@@ -109,7 +122,8 @@ def run(args: argparse.Namespace) -> None:
         if args.train:
             train(args, device, checkpoint, out_dir)
     finally:
-        lock.release()
+        for lock in locks:
+            lock.release()
         distributed.cleanup()
     if not main_process:
         return
@@ -160,7 +174,7 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
             log.warning("Resuming a run of %s process(es) with %d: it goes on from the saved state, but no longer "
                         "repeats an uninterrupted run exactly (the global batch and the shard order change)",
                         saved["train_args"].get("world_size"), distributed.world_size())
-            saved["progress"] = rescale_position(saved, args.batch_size * distributed.world_size())
+            saved["progress"] = rescale_position(saved, args.batch_size * distributed.world_size(), len(train_loader))
         if sorted(parts) != saved.get("train_args", {}).get("fast_parts", []):
             log.warning("Resuming with fast-path parts %s; the run was trained with %s: the rest of the run "
                         "will not repeat an uninterrupted one exactly", describe(parts),
@@ -180,8 +194,11 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
                           loss_curve_path=curves, seed=args.seed, should_stop=stop,
                           loss_fn=loss_function(model, parts, device, args.batch_size))
     finally:  # also after an interruption or a divergence: the history of the finished epochs
-        if distributed.is_main_process():
-            write_json(out_dir / f"history_{args.dataset}.json", state.history)
+        if distributed.is_main_process() and state.history["train_loss"]:
+            try:
+                write_json(out_dir / f"history_{args.dataset}.json", state.history)
+            except OutputError as exc:  # never hide the error that ended the run
+                log.error("%s", exc)
     log.info("Best checkpoint: %s; loss curves: %s", checkpoint, curves)
 
 
@@ -197,22 +214,6 @@ def new_model(args: argparse.Namespace, device: torch.device) -> DiffusionModel:
                     "--timesteps until alpha_bar_T is near 0 (the paper's schedule: 4e-05)", alpha_bar_T,
                     args.timesteps, args.beta_end)
     return ddpm
-
-
-# What --resume compares: the flag, and where the run recorded it.
-RESUMED_SETTINGS = {
-    "arch": ("--arch", lambda c: c["config"]["network"]["arch"]),
-    "timesteps": ("--timesteps", lambda c: c["config"]["timesteps"]),
-    "beta_start": ("--beta-start", lambda c: c["config"]["beta_start"]),
-    "beta_end": ("--beta-end", lambda c: c["config"]["beta_end"]),
-    "time_emb_dim": ("--time-emb-dim", lambda c: c["config"]["network"]["time_emb_dim"]),
-    "batch_size": ("--batch-size", lambda c: c["train_args"]["batch_size"]),
-    "lr": ("--lr", lambda c: c["train_args"]["lr"]),
-    "lr_step": ("--lr-step", lambda c: c["train_args"]["lr_step"]),
-    "lr_gamma": ("--lr-gamma", lambda c: c["train_args"]["lr_gamma"]),
-    "ema_decay": ("--ema-decay", lambda c: c["train_args"]["ema_decay"]),
-    "seed": ("--seed", lambda c: c["train_args"]["seed"]),
-}
 
 
 def resume_point(args: argparse.Namespace, device: torch.device,
@@ -233,20 +234,11 @@ def resume_point(args: argparse.Namespace, device: torch.device,
     if args.dataset not in (None, ckpt["config"]["dataset"]):
         raise UsageError(f"cannot resume {last}: it is a {ckpt['config']['dataset']} run, not {args.dataset}")
     args.dataset = ckpt["config"]["dataset"]
-    changed = [f"{flag} {getattr(args, key)} (the run: {recorded(ckpt)})"
-               for key, (flag, recorded) in RESUMED_SETTINGS.items() if getattr(args, key) != recorded(ckpt)]
+    changed = changed_settings(ckpt, vars(args))
     if changed:
         raise UsageError(f"cannot resume {last}: {', '.join(changed)}; resume with the run's settings, or train "
                          "a new run into another --out-dir")
     return ddpm, ckpt
-
-
-def rescale_position(ckpt: dict[str, Any], global_batch: int) -> dict[str, Any]:
-    """The saved position inside an epoch, in batches of ``global_batch`` images instead of the run's."""
-    progress = dict(ckpt["progress"])
-    args = ckpt["train_args"]
-    progress["batch"] = progress["batch"] * args["batch_size"] * args["world_size"] // global_batch
-    return progress
 
 
 # --------------------------------------------------------------------------- --sample and --evaluate
@@ -343,21 +335,15 @@ def draw_figures(args: argparse.Namespace, device: torch.device, out_dir: Path) 
 
 
 def checkpoint_path(args: argparse.Namespace, out_dir: Path) -> Path:
-    """--checkpoint, else ``OUT_DIR/ddpm_<dataset>.pt``; to sample with no --dataset, the one checkpoint there."""
+    """--checkpoint, else ``OUT_DIR/ddpm_<dataset>.pt``; without --dataset, the one run in --out-dir.
+
+    (A new training without --dataset trains the default dataset.)
+    """
     if args.checkpoint:
         return Path(args.checkpoint)
-    if args.train or args.dataset:
+    if args.dataset or (args.train and not args.resume):
         return out_dir / f"ddpm_{args.dataset or DEFAULT_DATASET}.pt"
-    if not (args.sample or args.evaluate):
-        return out_dir / f"ddpm_{DEFAULT_DATASET}.pt"
-    found = sorted(p for p in out_dir.glob("ddpm_*.pt") if not p.stem.endswith("_last"))
-    if not found:
-        raise UsageError(f"no checkpoint in {out_dir}; train one first: python main.py --dataset mnist --train "
-                         "(or pass --checkpoint PATH)")
-    if len(found) > 1:
-        raise UsageError(f"{out_dir} holds several checkpoints ({', '.join(p.name for p in found)}): "
-                         "pass --dataset NAME or --checkpoint PATH")
-    return found[0]
+    return find_checkpoint(out_dir)
 
 
 def open_checkpoint(checkpoint: Path, device: torch.device,
@@ -370,8 +356,11 @@ def open_checkpoint(checkpoint: Path, device: torch.device,
         ddpm, ckpt = load_checkpoint(checkpoint, device)
     except CheckpointError as exc:
         if not checkpoint.exists():
-            raise UsageError(f"{exc}; train one first: python main.py --dataset mnist --train "
-                             f"(or pass --checkpoint PATH)") from exc
+            dataset = checkpoint.stem.removeprefix("ddpm_").removesuffix("_last")
+            dataset = dataset if dataset in IMAGE_SIZES else DEFAULT_DATASET
+            others = ", ".join(p.name for p in checkpoints_in(checkpoint.parent))
+            raise UsageError(f"{exc}{f' ({checkpoint.parent} holds {others})' if others else ''}; train one first: "
+                             f"python main.py --dataset {dataset} --train (or pass --checkpoint PATH)") from exc
         raise
     if use_ema and "ema" in ckpt:
         ddpm.backward_process_model.load_state_dict(ckpt["ema"]["model"])
@@ -415,19 +404,6 @@ def judge_cache(args: argparse.Namespace, dataset: str, split_seed: int) -> Path
     name = f"judge_{dataset}.pt" if dataset == "mnist" else f"judge_{dataset}_split{split_seed}.pt"
     folder = Path(args.judge_dir) if args.judge_dir else writable_beside_data(args.data_root, "judges")
     return folder / name
-
-
-def ensure_writable(path: Path) -> Path:
-    """Create ``path``'s folder and check a file can be written there; UsageError otherwise."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    if path.is_dir():
-        raise UsageError(f"cannot write {path}: it is a folder")
-    return path
 
 
 def user_message(exc: Exception) -> str:

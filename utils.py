@@ -78,7 +78,7 @@ class TrainingInterrupted(Exception):
 class TrainingDiverged(Exception):
     """The loss stopped being a finite number; nothing of the diverged state was saved."""
 
-    def __init__(self, epoch: int, batch: int | None, loss: float, lr: float) -> None:
+    def __init__(self, epoch: int, batch: int | None, loss: float | str, lr: float) -> None:
         where = f"epoch {epoch}, batch {batch}" if batch is not None else f"the validation of epoch {epoch}"
         super().__init__(f"training diverged: the loss is {loss} at {where}; the checkpoints of the last good "
                          f"epoch are untouched; train again with a smaller --lr (this run: {lr:g})")
@@ -197,8 +197,9 @@ def _train_epoch(state: TrainState, train_loader: DataLoader, n_epochs: int,
                                               initial=skip, total=len(train_loader)), start=skip + 1):
         x0 = batch[0].to(device, non_blocking=True)
         loss = state.step(x0, loss_fn).item()
-        if distributed.any_rank(not math.isfinite(loss), x0.device):
-            raise TrainingDiverged(epoch + 1, done, loss, state.optimizer.param_groups[0]["lr"])
+        if distributed.any_rank(not math.isfinite(loss), x0.device):  # every rank stops together
+            shown = loss if not math.isfinite(loss) else "not finite on another process"
+            raise TrainingDiverged(epoch + 1, done, shown, state.optimizer.param_groups[0]["lr"])
         loss_sum += loss * len(x0)
         seen += len(x0)
         if should_stop is not None and distributed.any_rank(should_stop(), x0.device):

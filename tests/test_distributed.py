@@ -66,7 +66,7 @@ def test_torchrun_two_processes_write_one_checkpoint_that_samples_alone(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert "batch 4 per process x 2 processes = 8" in result.stderr
     assert result.stderr.count("Epoch 2/2 - Training Loss") == 1  # only rank 0 logs
-    written = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    written = sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith("."))
     assert written == ["ddpm_mnist.pt", "ddpm_mnist_last.pt", "history_mnist.json", "loss_curves_mnist.png"]
     ddpm, ckpt = load_checkpoint(tmp_path / "runs" / "ddpm_mnist.pt")
     assert not any(k.startswith("module.") for k in ckpt["model"])

@@ -81,6 +81,21 @@ def test_mnist_then_persian_keeps_both_and_sample_asks_which(work):
     chosen = run_cli("--sample", "--dataset", "persian", "--n-samples", "2", cwd=work)
     assert chosen.returncode == 0, chosen.stderr
     assert (runs / "samples_persian.png").is_file() and not (runs / "samples_mnist.png").exists()
+    (runs / "ddpm_persian.pt").rename(work / "elsewhere.pt")
+    (runs / "ddpm_persian_last.pt").unlink()
+    line = one_error_line(run_cli("--sample", "--dataset", "persian", cwd=work))
+    assert line == ("main.py: error: no checkpoint at runs/ddpm_persian.pt (runs holds ddpm_mnist.pt); train one "
+                    "first: python main.py --dataset persian --train (or pass --checkpoint PATH)")
+
+
+def test_a_new_training_does_not_replace_a_finished_run_unless_asked(trained):
+    before = (trained / "runs" / "ddpm_mnist.pt").read_bytes()
+    line = one_error_line(run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=trained))
+    assert "runs/ddpm_mnist.pt already holds a run: continue it with --resume" in line
+    assert (trained / "runs" / "ddpm_mnist.pt").read_bytes() == before
+    again = run_cli("--train", "--epochs", "1", "--overwrite", "--data-root", "data", *TINY, "--seed", "4", cwd=trained)
+    assert again.returncode == 0, again.stderr
+    assert (trained / "runs" / "ddpm_mnist.pt").read_bytes() != before
 
 
 # 2. A second training into a folder that a running training holds stops at once.
@@ -97,35 +112,54 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path):
         assert lock.exists(), first.communicate()[1]
         line = one_error_line(run_cli(*args, cwd=tmp_path))
         assert f"runs is in use by another training run (pid {first.pid} on" in line
+        elsewhere = one_error_line(run_cli(*args, "--out-dir", "other", "--checkpoint", "runs/shared.pt",
+                                           cwd=tmp_path))  # another output folder, the same checkpoint folder
+        assert "runs is in use by another training run" in elsewhere
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=120)
-    assert first.returncode == 143 and not lock.exists()  # released when the first run ends
+    assert first.returncode == 143 and lock.read_text() == ""  # released when the first run ended
+
+
+def test_a_lock_held_before_its_holder_wrote_its_name_still_excludes(work):
+    """The system's lock, not the file's content, decides: an empty lock file that a live process holds."""
+    (work / "runs").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               "f = open('runs/.train.lock', 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+                               "print('held', flush=True); time.sleep(60)"], cwd=work, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = one_error_line(run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=work))
+        assert "runs is in use by another training run (a run that has not written its name yet)" in line
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_stale_lock_of_a_killed_run_is_taken_over(work):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (work / "runs").mkdir()
-    (work / "runs" / ".train.lock").write_text(json.dumps(dict(pid=dead.pid, host=os.uname().nodename,
-                                                               started="earlier")))
+    (work / "runs" / ".train.lock").write_text(f"pid {dead.pid} on {os.uname().nodename}, started earlier")
     result = run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=work)
     assert result.returncode == 0, result.stderr
-    assert "Taking over the stale lock" in result.stderr
-    assert not (work / "runs" / ".train.lock").exists()
+    assert "Taking over the lock of runs, which ended without releasing it (pid" in result.stderr
+    assert (work / "runs" / ".train.lock").read_text() == ""
 
 
 # 3. A diverging run stops with one line, leaves the last good checkpoint alone and strict JSON.
 @pytest.mark.parametrize("lr", ["1e30", "1e15"])
 def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoint(trained, lr):
-    before = {p.name: p.read_bytes() for p in (trained / "runs").glob("*.pt")}
-    line = one_error_line(run_cli("--train", "--epochs", "2", "--lr", lr, "--data-root", "data", *TINY, cwd=trained))
+    before = {p.name: p.read_bytes() for p in (trained / "runs").glob("*")}
+    line = one_error_line(run_cli("--train", "--epochs", "2", "--lr", lr, "--overwrite", "--data-root", "data", *TINY,
+                                  cwd=trained))
     assert "training diverged: the loss is" in line and "at epoch 1, batch" in line
     assert f"smaller --lr (this run: {float(lr):g})" in line
-    assert {p.name: p.read_bytes() for p in (trained / "runs").glob("*.pt")} == before
+    # The good run's files, its history JSON included, are as they were: the diverged run finished no epoch.
+    assert {p.name: p.read_bytes() for p in (trained / "runs").glob("*")} == before
     history = json.loads((trained / "runs" / "history_mnist.json").read_text(),
                          parse_constant=lambda name: pytest.fail(f"{name} in the history JSON"))
-    assert history["train_loss"] == []  # the diverged run finished no epoch
+    assert len(history["train_loss"]) == 1
 
 
 def test_an_infinite_learning_rate_is_refused(capsys):
@@ -215,12 +249,15 @@ def test_resume_falls_back_to_the_best_checkpoint(trained):
 def test_resume_with_another_number_of_processes_warns_and_goes_on(trained):
     last = trained / "runs" / "ddpm_mnist_last.pt"
     ckpt = torch.load(last, weights_only=True)
-    ckpt["train_args"]["world_size"] = 2  # as written by torchrun with 2 processes
+    ckpt["train_args"]["world_size"] = 2  # as written by torchrun with 2 processes, stopped inside epoch 2
     ckpt["rng"] = ckpt["rng"] * 2
-    torch.save(ckpt, last)
-    result = run_cli("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY, cwd=trained)
-    assert result.returncode == 0, result.stderr
-    assert "Resuming a run of 2 process(es) with 1" in result.stderr and "no longer" in result.stderr
+    for batch, position in ((1, 2), (2, 3)):  # 1 and 2 batches of 2 x 8 images = 2 and (capped) 3 batches of 8
+        ckpt["progress"] = dict(epoch=1, batch=batch, loss_sum=0.5 * 16 * batch, seen=16 * batch)
+        torch.save(ckpt, last)
+        result = run_cli("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY, cwd=trained)
+        assert result.returncode == 0, result.stderr
+        assert "Resuming a run of 2 process(es) with 1" in result.stderr and "no longer" in result.stderr
+        assert f"from epoch 2, batch {position}" in result.stderr
 
 
 # 7. Checkpoint files that are not checkpoints: the package's own words, no torch advice.
@@ -246,10 +283,15 @@ def test_checkpoint_errors_in_the_packages_words(tmp_path, make, message):
 
 # 8. Flags in messages; each default once in --help, none for switches.
 def test_help_shows_each_default_once_and_none_for_switches():
-    text = cli.build_parser().format_help()
+    parser = cli.build_parser()
+    text = parser.format_help()
     assert "(default: False)" not in text and "(default: None)" not in text
-    for action in cli.build_parser()._actions:
-        assert (action.help or "").count("default") <= 1, action.option_strings
+    formatter = cli.DefaultsOnceFormatter("main.py")
+    for action in parser._actions:  # each option's help as printed, the appended default included
+        shown = formatter._get_help_string(action) % dict(vars(action), prog="main.py") if action.help else ""
+        assert shown.count("default") <= 1, action.option_strings
+        if action.nargs == 0:  # a switch
+            assert "default" not in shown, action.option_strings
     assert "--seed SEED" in text and "(default: 0)" in text
 
 
