@@ -16,7 +16,7 @@ from diffusion_model import CLIP_MODES, STEP_SCHEDULES, VARIANCES
 from fastpath import PARTS, RECOMMENDED, describe, parse_parts
 from figures import DISPLAY_MODES
 from unet import ARCHITECTURES
-from utils import DEFAULT_SAMPLE_STEPS, SAMPLERS
+from utils import DEFAULT_CLIP_X0, DEFAULT_SAMPLE_STEPS, SAMPLERS
 
 
 DEFAULT_DATASET = "mnist"
@@ -180,9 +180,10 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                            "DDPM always uses all T")
     samp.add_argument("--step-schedule", choices=STEP_SCHEDULES, default="uniform",
                       help="DDIM and DPM-Solver++: steps evenly spaced in t ('uniform') or in log-SNR ('logsnr')")
-    samp.add_argument("--clip-x0", choices=CLIP_MODES, default="none",
+    samp.add_argument("--clip-x0", choices=CLIP_MODES, default=None,
                       help="every sampler: keep the predicted x0 in [-1, 1] before each update: 'none' is "
-                           "Algorithm 2 as the paper writes it, 'clip' clamps, 'dynamic' is dynamic thresholding")
+                           "Algorithm 2 as the paper writes it, 'clip' clamps, 'dynamic' is dynamic thresholding "
+                           "(default, as measured: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_CLIP_X0.items()) + ")")
     samp.add_argument("--reverse-variance", choices=VARIANCES, default="beta",
                       help="DDPM: sigma_t^2 of each reverse step, 'beta' (beta_t, the paper) or "
                            "'posterior' (beta-tilde_t, the forward posterior's variance)")

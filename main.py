@@ -49,7 +49,8 @@ from files import OutputError, RunLock, ensure_writable, remove_orphans, writabl
 from likelihood import bits_per_dim
 from quality import format_table, judge_outputs, load_or_train_judge, score
 from unet import MyUNet
-from utils import StopRequest, TrainingDiverged, TrainingInterrupted, sample, sampling_steps, training_loop
+from utils import DEFAULT_CLIP_X0, StopRequest, TrainingDiverged, TrainingInterrupted, sample, sampling_steps
+from utils import training_loop
 
 log = logging.getLogger("ddpm")
 
@@ -293,7 +294,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     report = dict(checkpoint=str(checkpoint), dataset=dataset, ema=not args.no_ema and "ema" in ckpt,
                   arch=ckpt["config"]["network"]["arch"],
                   sampler=dict(sampler=args.sampler, sample_steps=options["sample_steps"], eta=args.eta,
-                               clip_x0=args.clip_x0, step_schedule=args.step_schedule,
+                               clip_x0=options["clip_x0"], step_schedule=args.step_schedule,
                                variance=args.reverse_variance),
                   steps=steps, seed=args.seed, sampling_seconds=seconds, judge_accuracy=judge_accuracy, rows=rows)
     if args.bpd_images > 0:
@@ -378,7 +379,8 @@ def sampler_options(args: argparse.Namespace, ddpm: DiffusionModel) -> dict[str,
                          "use --sampler ddim or dpm++ to skip")
     if args.sampler != "ddpm":
         steps = len(sampling_steps(ddpm, args.sampler, steps, args.step_schedule))
-    return dict(sampler=args.sampler, sample_steps=steps, ddim_eta=args.eta, clip_x0=args.clip_x0,
+    clip_x0 = args.clip_x0 or DEFAULT_CLIP_X0[args.sampler]
+    return dict(sampler=args.sampler, sample_steps=steps, ddim_eta=args.eta, clip_x0=clip_x0,
                 step_schedule=args.step_schedule, variance=args.reverse_variance)
 
 

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 DEFAULT_SAMPLE_STEPS = {"ddim": 50, "dpm++": 20}
+# Clipping the predicted x0, per sampler, as measured on the default MNIST checkpoint (README, "Few-step
+# sampling"): it lowers the Frechet distance of DDIM-20 from 478 to 160 and of DPM-Solver++-20 from 401
+# to 125 (N = 2000). The 1000-step sampler keeps Algorithm 2 as the paper writes it.
+DEFAULT_CLIP_X0 = {"ddpm": "none", "ddim": "clip", "dpm++": "clip"}
 
 
 # --------------------------------------------------------------------------- training
@@ -264,7 +268,7 @@ def sample(
     sampler: str = "ddpm",
     sample_steps: int | None = None,
     ddim_eta: float = 0.0,
-    clip_x0: str = "none",
+    clip_x0: str | None = None,
     step_schedule: str = "uniform",
     variance: str = "beta",
 ) -> torch.Tensor:
@@ -275,7 +279,7 @@ def sample(
     from ``variance``), ``ddim`` is DDIM (``ddpm.ddim_step`` with noise scale
     ``ddim_eta``; 0 is deterministic), ``dpm++`` is DPM-Solver++(2M)
     (``ddpm.dpm_solver_step``). ``clip_x0`` (``none``, ``clip``, ``dynamic``;
-    ``diffusion_model.threshold_x0``) applies to every sampler.
+    ``diffusion_model.threshold_x0``) applies to every sampler; None is ``DEFAULT_CLIP_X0[sampler]``.
 
     With ``gif_name``, ``frames_per_gif`` frames spread across the process are
     tiled into a grid and written as a GIF whose last frame is held for a
@@ -304,6 +308,7 @@ def sample(
     def noise() -> torch.Tensor:
         return torch.randn(shape, generator=gen, device=device)
 
+    clip_x0 = DEFAULT_CLIP_X0.get(sampler, "none") if clip_x0 is None else clip_x0
     update = ReverseUpdate(ddpm, sampler, noise, ddim_eta=ddim_eta, clip_x0=clip_x0, variance=variance)
     was_training = ddpm.training
     ddpm.eval()

@@ -147,7 +147,7 @@ def test_ddim_sampling_and_evaluate(trained):
     result = run_cli("--evaluate", "--sampler", "ddim", "--sample-steps", "4", "--n-samples", "6",
                      "--bpd-images", "3", "--data-root", "data", "--device", "cpu", cwd=work)
     assert result.returncode == 0, result.stderr
-    report = json.loads((work / "runs" / "quality_mnist_ddim4.json").read_text())
+    report = json.loads((work / "runs" / "quality_mnist_ddim4_clip-clip.json").read_text())  # DDIM clips by default
     assert report["steps"] == 4 and report["arch"] == "fixed"  # the default for new runs
     bound = report["likelihood_bound"]
     assert bound["n_images"] == 3 and bound["bits_per_dim"] > 0

@@ -140,7 +140,8 @@ def test_dpm_solver_beats_ddim_on_the_exact_ode_solution_of_gaussian_data():
     assert exact.abs().max() < 1
 
     def error(sampler: str, steps: int) -> float:
-        out = utils.sample(ddpm, 64, gif_name=None, seed=4, sampler=sampler, sample_steps=steps, step_schedule="logsnr")
+        out = utils.sample(ddpm, 64, gif_name=None, seed=4, sampler=sampler, sample_steps=steps, step_schedule="logsnr",
+                           clip_x0="none")
         return (out.double() - exact).pow(2).mean().sqrt().item()
 
     ddim = {n: error("ddim", n) for n in (10, 20, 50, 200)}
@@ -217,3 +218,20 @@ def test_sample_with_every_sampler_and_option_and_refusals():
     with pytest.raises(ValueError, match="clip_x0 must be one of"):
         utils.sample(ddpm, 1, gif_name=None, clip_x0="soft")
     assert utils.sampling_steps(ddpm, "dpm++") == list(range(19, -1, -1))  # default 20 steps, capped at T
+
+
+def test_the_clipping_default_is_per_sampler(monkeypatch):
+    used = []
+    real_init = utils.ReverseUpdate.__init__
+
+    def spy(self, *args, **kwargs):
+        used.append(kwargs["clip_x0"])
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(utils.ReverseUpdate, "__init__", spy)
+    ddpm = DiffusionModel(Affine(20), timesteps=20, image_chw=(1, 2, 2))
+    for sampler in ("ddpm", "ddim", "dpm++"):
+        utils.sample(ddpm, 1, gif_name=None, sampler=sampler, sample_steps=None if sampler == "ddpm" else 5)
+    assert used == ["none", "clip", "clip"] == [utils.DEFAULT_CLIP_X0[s] for s in ("ddpm", "ddim", "dpm++")]
+    utils.sample(ddpm, 1, gif_name=None, sampler="dpm++", sample_steps=5, clip_x0="none")
+    assert used[-1] == "none"  # an explicit choice wins
