@@ -101,7 +101,9 @@ def test_sigterm_mid_run_leaves_a_loadable_checkpoint(tmp_path):
     deadline = time.monotonic() + 120
     while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    assert last.exists(), proc.communicate()[1]
+    if not last.exists():  # kill first: the run would otherwise go on for all its epochs
+        proc.kill()
+        pytest.fail(f"no checkpoint after 120 s: {proc.communicate()[1][-2000:]}")
     time.sleep(0.3)  # into the next epoch
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
