@@ -33,7 +33,7 @@ import distributed
 from diffusion_model import DiffusionModel
 from ema import EMA
 from files import atomic_save, error_text
-from unet import MyUNet
+from unet import make_unet
 
 FORMAT = "ddpm-tutorial-checkpoint"
 VERSION = 1
@@ -47,20 +47,21 @@ def model_config(dataset: str, ddpm: DiffusionModel) -> dict[str, Any]:
     """The config that rebuilds ``ddpm``: dataset, image shape, schedule and network."""
     net_cfg = getattr(ddpm.backward_process_model, "config", None)
     if net_cfg is None:
-        raise TypeError("only networks with a config (MyUNet) can be checkpointed")
+        raise TypeError("only networks with a config (MyUNet, ResAttnUNet) can be checkpointed")
     return dict(
         dataset=dataset,
         image_chw=list(ddpm.image_chw),
         timesteps=ddpm.timesteps,
         beta_start=ddpm.beta_start,
         beta_end=ddpm.beta_end,
+        schedule=ddpm.schedule,
         network=dict(net_cfg),
     )
 
 
 def build_model(config: dict[str, Any], device: torch.device | str | None = None) -> DiffusionModel:
     """Build an untrained ``DiffusionModel`` from a ``model_config`` dict."""
-    net = MyUNet(**config["network"])
+    net = make_unet(**config["network"])
     return DiffusionModel(
         net,
         beta_start=config["beta_start"],
@@ -68,6 +69,7 @@ def build_model(config: dict[str, Any], device: torch.device | str | None = None
         timesteps=config["timesteps"],
         image_chw=tuple(config["image_chw"]),
         device=device,
+        schedule=config.get("schedule", "linear"),  # checkpoints before the cosine schedule: linear
     )
 
 
@@ -125,18 +127,28 @@ def _read(path: Path, device: torch.device | str) -> Any:
 
 
 # What --resume compares: the option, and where a run's checkpoint records it.
+# A setting that a run's checkpoint does not record (written before it existed) had its paper value.
 RUN_SETTINGS = {
     "arch": ("--arch", lambda c: c["config"]["network"]["arch"]),
+    "channels": ("--channels", lambda c: c["config"]["network"].get("base_channels")),
+    "dropout": ("--dropout", lambda c: c["config"]["network"].get("dropout")),
     "timesteps": ("--timesteps", lambda c: c["config"]["timesteps"]),
+    "schedule": ("--schedule", lambda c: c["config"].get("schedule", "linear")),
     "beta_start": ("--beta-start", lambda c: c["config"]["beta_start"]),
     "beta_end": ("--beta-end", lambda c: c["config"]["beta_end"]),
     "time_emb_dim": ("--time-emb-dim", lambda c: c["config"]["network"]["time_emb_dim"]),
+    "loss_weighting": ("--loss-weighting", lambda c: c["train_args"].get("loss_weighting", "none")),
+    "snr_gamma": ("--snr-gamma", lambda c: c["train_args"].get("snr_gamma", 5.0)),
+    "lr_schedule": ("--lr-schedule", lambda c: c["train_args"].get("lr_schedule", "step")),
+    "warmup_steps": ("--warmup-steps", lambda c: c["train_args"].get("warmup_steps", 0)),
     "batch_size": ("--batch-size", lambda c: c["train_args"]["batch_size"]),
     "lr": ("--lr", lambda c: c["train_args"]["lr"]),
     "lr_step": ("--lr-step", lambda c: c["train_args"]["lr_step"]),
     "lr_gamma": ("--lr-gamma", lambda c: c["train_args"]["lr_gamma"]),
     "ema_decay": ("--ema-decay", lambda c: c["train_args"]["ema_decay"]),
     "seed": ("--seed", lambda c: c["train_args"]["seed"]),
+    "class_cond": ("--class-cond", lambda c: bool(c["config"]["network"].get("num_classes", 0))),
+    "label_drop": ("--label-drop", lambda c: c["train_args"].get("label_drop", 0.1)),
 }
 
 
@@ -144,6 +156,8 @@ def changed_settings(ckpt: dict[str, Any], settings: dict[str, Any]) -> list[str
     """``"--lr 0.0005 (the run: 0.001)"`` for every run-defining setting that differs from the run's."""
     changed = []
     for key, (flag, recorded) in RUN_SETTINGS.items():
+        if settings.get(key) is None:  # an option left unset (--channels, --dropout) takes the run's value
+            continue
         try:
             saved = recorded(ckpt)
         except KeyError:
@@ -249,6 +263,8 @@ class TrainState:
     finished epochs; ``batch``, ``loss_sum`` and ``seen`` are the position and
     partial training-loss sums inside an interrupted epoch (all 0 between
     epochs). ``dataset`` and ``train_args`` are recorded in the checkpoint.
+    The scheduler steps after every optimizer step when ``scheduler_per_step``
+    (the cosine schedule), else once per epoch (Figure 12's StepLR).
     """
 
     ddpm: DiffusionModel
@@ -259,6 +275,7 @@ class TrainState:
     dataset: str = ""
     train_args: dict[str, Any] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=new_history)
+    scheduler_per_step: bool = False
     epoch: int = 0
     batch: int = 0
     loss_sum: float = 0.0
@@ -270,12 +287,18 @@ class TrainState:
         if self.scheduler is None:  # Figure 12's schedule
             self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=10, gamma=0.5)
 
-    def step(self, x0: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """One optimisation step on a batch (Algorithm 1): loss, gradient, Adam step, EMA update."""
-        loss = loss_fn(x0)
+    def step(self, x0: torch.Tensor, loss_fn: Callable[..., torch.Tensor],
+             y: torch.Tensor | None = None) -> torch.Tensor:
+        """One optimisation step on a batch (Algorithm 1): loss, gradient, Adam step, EMA update.
+
+        ``y``: the batch's labels, for a class-conditional model (``loss_fn(x0, y)``).
+        """
+        loss = loss_fn(x0) if y is None else loss_fn(x0, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.scheduler_per_step:
+            self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.ddpm.backward_process_model)
         return loss

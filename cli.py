@@ -12,14 +12,20 @@ import math
 from typing import Sequence
 
 from Dataset import DATASETS
-from diffusion_model import CLIP_MODES, STEP_SCHEDULES, VARIANCES
+from diffusion_model import BETA_SCHEDULES, CLIP_MODES, STEP_SCHEDULES, VARIANCES
 from fastpath import PARTS, RECOMMENDED, describe, parse_parts
 from figures import DISPLAY_MODES
-from unet import ARCHITECTURES
+from recipe import LOSS_WEIGHTINGS, LR_SCHEDULES
+from unet import ARCHITECTURES, PAPER_ARCHITECTURES
 from utils import DEFAULT_CLIP_X0, DEFAULT_SAMPLE_STEPS, SAMPLERS
 
 
 DEFAULT_DATASET = "mnist"
+# --epochs by dataset: what trains in about an hour on this project's 2-core CPU with --fast and the
+# default network (README, "Results of real runs").
+DEFAULT_EPOCHS = {"mnist": 11, "persian": 4}
+# Classifier-free guidance weight of --sample and --evaluate (README: "Ask for a digit").
+DEFAULT_GUIDANCE = 2.0
 
 
 class DefaultsOnceFormatter(argparse.HelpFormatter):
@@ -66,11 +72,26 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
 def open_unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
     return value
+
+
+def digit_list(text: str) -> list[int]:
+    """argparse type of --digit: ``"3"`` or ``"3,3,7"``, each a digit 0-9."""
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() and 0 <= int(p) <= 9 for p in parts):
+        raise argparse.ArgumentTypeError(f"must be digits 0-9 separated by commas, got {text!r}")
+    return [int(p) for p in parts]
 
 
 def fast_parts(text: str) -> frozenset[str]:
@@ -133,19 +154,31 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     model.add_argument("--beta-start", type=open_unit_interval, default=1e-4, help="beta_1 of the linear schedule")
     model.add_argument("--beta-end", type=open_unit_interval, default=0.02, help="beta_T of the linear schedule")
     model.add_argument("--time-emb-dim", type=positive_int, default=100, help="width of the sinusoidal time embedding")
-    model.add_argument("--arch", choices=ARCHITECTURES, default="fixed",
-                       help="UNet variant: 'fixed' (the default, better samples as measured in the README) has no "
-                            "LayerNorm on the raw input; 'paper' is Figure 11, blind to brightness and contrast")
+    model.add_argument("--arch", choices=ARCHITECTURES, default="resattn",
+                       help="network: 'paper' is Figure 11 (blind to brightness and contrast); 'fixed' is Figure 11 "
+                            "without LayerNorm on the raw input; 'resattn' is a small modern UNet (residual "
+                            "blocks, GroupNorm, scale-shift time modulation, self-attention at the lowest "
+                            "resolution; the default, as measured in the README)")
+    model.add_argument("--channels", type=positive_int, default=None,
+                       help="'resattn': channels at full resolution (default 32; doubled at lower resolutions)")
+    model.add_argument("--dropout", type=unit_interval, default=None, help="'resattn': dropout in each residual "
+                       "block (default 0)")
+    model.add_argument("--schedule", choices=BETA_SCHEDULES, default="linear",
+                       help="noise schedule: 'linear' in beta (the paper, with --beta-start/--beta-end) or "
+                            "'cosine' in alpha_bar (Nichol and Dhariwal 2021)")
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
+    train.add_argument("--epochs", type=positive_int, default=None,
+                       help="training epochs (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
+                            + ", about an hour each on 2 CPU cores with --fast)")
     train.add_argument("--batch-size", type=positive_int, default=128,
                        help="images per batch and per process (under torchrun the global batch is "
                             "this times the number of processes)")
     train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
-    train.add_argument("--lr-step", type=positive_int, default=10, help="StepLR: epochs between learning-rate cuts")
+    train.add_argument("--lr-step", type=positive_int, default=10,
+                       help="--lr-schedule step: epochs between learning-rate cuts")
     train.add_argument("--resume", action="store_true",
                        help="continue training from the last checkpoint (CHECKPOINT with _last) up to --epochs "
                             "in total: weights, EMA, optimizer, scheduler, epoch, history and random state")
@@ -154,7 +187,21 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                             "(without it, that is refused)")
     train.add_argument("--ema-decay", type=non_negative_float, default=0.999,
                        help="decay of the exponential moving average of the weights (with warm-up); 0 turns it off")
-    train.add_argument("--lr-gamma", type=positive_float, default=0.5, help="StepLR: factor of each cut")
+    train.add_argument("--lr-gamma", type=positive_float, default=0.5, help="--lr-schedule step: factor of each cut")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
+                       help="'step' is Figure 12's StepLR (--lr-step, --lr-gamma); 'cosine' decays to 0 over the "
+                            "run, per step, after --warmup-steps")
+    train.add_argument("--warmup-steps", type=non_negative_int, default=None,
+                       help="'cosine': optimizer steps of linear learning-rate warm-up (default 500)")
+    train.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="min-snr",
+                       help="'none' is Eq. 8 (every time step alike); 'min-snr' weights each image's error by "
+                            "min(SNR, gamma)/SNR (Hang et al. 2023)")
+    train.add_argument("--snr-gamma", type=positive_float, default=5.0, help="'min-snr': the cap gamma")
+    train.add_argument("--class-cond", action="store_true",
+                       help="train a class-conditional model (a label embedding added to the time embedding) "
+                            "for classifier-free guidance; sampling then takes --digit and --guidance")
+    train.add_argument("--label-drop", type=unit_interval, default=0.1,
+                       help="--class-cond: probability that a training label is replaced by 'no label'")
     train.add_argument("--fast", action="store_true",
                        help="train with the fast-path parts chosen for this device type (CPU, measured by "
                             f"bench/bench_speed.py: {describe(RECOMMENDED['cpu'])}; CUDA, not measured "
@@ -192,6 +239,12 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     samp.add_argument("--bpd-images", type=non_negative_int, default=0,
                       help="--evaluate: also bound the likelihood (bits/dim) on this many validation images "
                            "(T network passes per image)")
+    samp.add_argument("--digit", type=digit_list, default=None, metavar="D[,D...]",
+                      help="class-conditional checkpoints: draw these digits (repeated to --n-samples); without "
+                           "it, one row per digit")
+    samp.add_argument("--guidance", type=non_negative_float, default=DEFAULT_GUIDANCE,
+                      help="class-conditional checkpoints: classifier-free guidance weight W, "
+                           "eps_uncond + W (eps_cond - eps_uncond): 0 unconditional, 1 conditional")
     samp.add_argument("--no-ema", action="store_true",
                       help="sample with the raw weights even when the checkpoint has EMA weights")
     samp.add_argument("--judge-dir", default=None,
@@ -226,6 +279,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--beta-end ({args.beta_end}) must be larger than --beta-start ({args.beta_start})")
     if not 0.0 <= args.ema_decay < 1.0:
         parser.error(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
+    if args.arch in PAPER_ARCHITECTURES and (args.channels is not None or args.dropout is not None):
+        parser.error(f"--channels and --dropout need --arch resattn (the '{args.arch}' UNet is fixed)")
+    if args.warmup_steps and args.lr_schedule != "cosine":
+        parser.error("--warmup-steps needs --lr-schedule cosine")
+    if args.warmup_steps is None:
+        args.warmup_steps = 500 if args.lr_schedule == "cosine" else 0
+    if args.epochs is None and args.dataset is not None:  # (--resume without --dataset: set from the run)
+        args.epochs = DEFAULT_EPOCHS[args.dataset]
+    if (args.class_cond or args.label_drop != 0.1) and not args.train:
+        parser.error("--class-cond and --label-drop need --train")
+    if (args.digit is not None or args.guidance != DEFAULT_GUIDANCE) and not (args.sample or args.evaluate):
+        parser.error("--digit and --guidance need --sample or --evaluate")
     if args.gif is not None and not args.sample:
         parser.error("--gif needs --sample")
     if args.resume and not args.train:

@@ -28,6 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from recipe import min_snr_weight
+
+BETA_SCHEDULES = ("linear", "cosine")
 CLIP_MODES = ("none", "clip", "dynamic")
 STEP_SCHEDULES = ("uniform", "logsnr")
 VARIANCES = ("beta", "posterior")
@@ -102,18 +105,32 @@ def get_loss(noise: torch.Tensor, noise_pred: torch.Tensor) -> torch.Tensor:
     return torch.mean((noise - noise_pred) ** 2)
 
 
-def diffusion_loss(model: nn.Module, x_0: torch.Tensor) -> torch.Tensor:
+def diffusion_loss(model: nn.Module, x_0: torch.Tensor, snr_gamma: float | None = None,
+                   y: torch.Tensor | None = None, label_drop: float = 0.0) -> torch.Tensor:
     """The training loss of one batch (Algorithm 1, lines 2-5): a training draw, then Eq. 8 in float32.
 
     ``model`` is a ``DiffusionModel`` or a wrapper whose forward is one (``DistributedDataParallel``).
     Every training path shares this: the loop, the fast path (which wraps it) and the benchmark.
+    With ``snr_gamma``, each image's squared error is weighted by Min-SNR-gamma
+    (``recipe.min_snr_weight`` of its time step) before the batch mean; the draws are the same.
+    A class-conditional model gets the labels ``y``, each replaced by "no label" with probability
+    ``label_drop`` (classifier-free guidance training, Ho and Salimans 2022; drawn before t and the noise).
     """
-    _, noise, eta_theta = model(x_0)
-    return get_loss(noise, eta_theta.float())  # .float(): a bf16 autocast prediction is compared in float32
+    ddpm = getattr(model, "module", model)  # the DiffusionModel inside a DDP wrapper
+    if y is not None and label_drop > 0:
+        y = torch.where(torch.rand(y.shape, device=y.device) < label_drop, ddpm.num_classes, y)
+    if snr_gamma is None:
+        _, noise, eta_theta = model(x_0, y=y)
+        return get_loss(noise, eta_theta.float())  # .float(): a bf16 autocast prediction is compared in float32
+    t = torch.randint(0, ddpm.timesteps, (x_0.shape[0],), device=x_0.device)
+    _, noise, eta_theta = model(x_0, t=t, y=y)
+    per_image = ((noise - eta_theta.float()) ** 2).flatten(1).mean(dim=1)
+    weight = min_snr_weight(torch.exp(2 * ddpm.lambdas), snr_gamma).float()  # SNR = exp(2 lambda)
+    return (weight[t] * per_image).mean()
 
 
 class DiffusionModel(nn.Module):
-    """DDPM with a linear beta schedule around a backward-process network (Listing 2).
+    """DDPM with a linear (the paper's) or cosine beta schedule around a backward-process network (Listing 2).
 
     Args:
         backward_process_model: the noise predictor eps_theta(x, t), e.g. ``MyUNet``.
@@ -122,6 +139,8 @@ class DiffusionModel(nn.Module):
         device: where to put the model; None leaves it where it is.
         image_chw: (C, H, W) of the images. The paper hard-codes (1, 28, 28);
             here it defaults to the network's ``config`` (MyUNet has one).
+        schedule: ``linear`` (the paper's) or ``cosine`` (Nichol and Dhariwal
+            2021; beta_start and beta_end are then unused).
 
     The schedule tensors are registered buffers, so ``.to(device)``,
     ``state_dict()`` and checkpoints carry them.
@@ -135,8 +154,11 @@ class DiffusionModel(nn.Module):
         timesteps: int = 1000,
         device: torch.device | str | None = None,
         image_chw: tuple[int, int, int] | None = None,
+        schedule: str = "linear",
     ) -> None:
         super().__init__()
+        if schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta schedule must be one of {BETA_SCHEDULES}, got {schedule!r}")
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
         if not 0.0 < beta_start < 1.0 or not 0.0 < beta_end < 1.0:
@@ -151,12 +173,16 @@ class DiffusionModel(nn.Module):
         self.beta_start = float(beta_start)
         self.beta_end = float(beta_end)
         self.timesteps = int(timesteps)
+        self.schedule = schedule
         self.image_chw = tuple(int(v) for v in image_chw)
         self.backward_process_model = backward_process_model
 
         # Computed in float64 and stored as float32: alpha_bars is a product of
         # 1000 factors, and float64 keeps its last digits right.
-        betas = self.get_linear_beta_schedule(beta_start, beta_end, timesteps, dtype=torch.float64)
+        if schedule == "linear":
+            betas = self.get_linear_beta_schedule(beta_start, beta_end, timesteps, dtype=torch.float64)
+        else:
+            betas = self.get_cosine_beta_schedule(timesteps)
         alphas = 1.0 - betas  # Eq. 1
         alpha_bars = torch.cumprod(alphas, dim=0)  # Eq. 5
         self.register_buffer("betas", betas.float())
@@ -187,6 +213,19 @@ class DiffusionModel(nn.Module):
         """beta_1..beta_T evenly spaced from beta_start to beta_end (Listing 1, ``linspace``)."""
         return torch.linspace(beta_start, beta_end, timesteps, dtype=dtype)
 
+    @staticmethod
+    def get_cosine_beta_schedule(timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+        """The cosine schedule (Nichol and Dhariwal 2021, Eq. 17), float64.
+
+        ``abar(t) = f(t) / f(0)`` with ``f(t) = cos^2((t / T + s) / (1 + s) * pi / 2)``;
+        ``beta_t = 1 - abar(t) / abar(t - 1)`` for t = 1..T, capped at ``max_beta``
+        (their choice: the last betas would otherwise reach 1).
+        """
+        steps = torch.arange(timesteps + 1, dtype=torch.float64)
+        f = torch.cos((steps / timesteps + s) / (1 + s) * torch.pi / 2) ** 2
+        abar = f / f[0]
+        return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
     @property
     def device(self) -> torch.device:
         return self.betas.device
@@ -214,15 +253,43 @@ class DiffusionModel(nn.Module):
         std = _per_sample(self.sqrt_one_minus_alpha_bars, t, x_0.dim())
         return mean_coef * x_0 + std * noise, noise
 
-    def backward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """The network's noise prediction eps_theta(x_t, t) (Eq. 8).
+    @property
+    def num_classes(self) -> int:
+        """The classes of a class-conditional network (0: unconditional, as in the paper)."""
+        return getattr(self.backward_process_model, "config", {}).get("num_classes", 0)
+
+    def backward(self, x: torch.Tensor, t: torch.Tensor,  # type: ignore[override]
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's noise prediction eps_theta(x_t, t) (Eq. 8); with labels y, eps_theta(x_t, t, y).
 
         Named as in the paper; this is not ``nn.Module``'s autograd ``backward``.
         """
-        return self.backward_process_model(x, t)
+        if y is None:
+            return self.backward_process_model(x, t)
+        return self.backward_process_model(x, t, y)
+
+    def guided_backward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+                        guidance: float = 1.0) -> torch.Tensor:
+        """Classifier-free guidance (Ho and Salimans 2022): ``eps_u + w * (eps_c - eps_u)``.
+
+        ``eps_c`` is the prediction with the labels ``y``, ``eps_u`` with "no label";
+        ``w = guidance``: 0 is the unconditional model, 1 the conditional one (one
+        network pass each), any other w both in one batch. ``y = None``: plain ``backward``.
+        """
+        if y is None:
+            return self.backward(x, t)
+        if guidance == 1.0:
+            return self.backward(x, t, y)
+        null = torch.full_like(y, self.num_classes)
+        if guidance == 0.0:
+            return self.backward(x, t, null)
+        both = self.backward(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        eps_c, eps_u = both.chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
 
     def forward(
-        self, x_0: torch.Tensor, generator: torch.Generator | None = None
+        self, x_0: torch.Tensor, generator: torch.Generator | None = None, t: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One training draw (Algorithm 1, lines 2-4): returns ``(noisy, noise, eta_theta)``.
 
@@ -230,13 +297,16 @@ class DiffusionModel(nn.Module):
         ``eta ~ N(0, I)``, from ``generator`` when given (``evaluate`` passes a
         seeded one) else from the global random state, noises x_0 with Eq. 4 and
         predicts the noise; the loss of Eq. 8 is ``get_loss(noise, eta_theta)``.
+        ``t`` (0-based, shape (N,)) replaces the draw of the time steps when given;
+        ``y`` are the labels of a class-conditional network.
         (Algorithm 1, line 5 writes sqrt(alpha_t) where Eq. 4 and Eq. 9 have
         sqrt(alpha_bar_t); the closed form uses alpha_bar_t.)
         """
         n = x_0.shape[0]
-        t = torch.randint(0, self.timesteps, (n,), generator=generator, device=x_0.device)
+        if t is None:
+            t = torch.randint(0, self.timesteps, (n,), generator=generator, device=x_0.device)
         noisy, noise = self.add_noise(x_0, t, torch.randn_like(x_0, generator=generator))
-        eta_theta = self.backward(noisy, t)
+        eta_theta = self.backward(noisy, t, y)
         return noisy, noise, eta_theta
 
     def _predict(self, x_t: torch.Tensor, t: int, eta_theta: torch.Tensor | None) -> torch.Tensor:

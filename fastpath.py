@@ -50,7 +50,7 @@ RECOMMENDED = {
 # tensor_data falls back to the DataLoader above this size (bytes of float32 images).
 MAX_TENSOR_BYTES = 4 * 2**30
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # (x0, y=None) -> loss
 
 
 def parse_parts(text: str) -> frozenset[str]:
@@ -193,11 +193,14 @@ def prepare_model(model: nn.Module, parts: frozenset[str]) -> nn.Module:
 
 
 def loss_function(model: nn.Module, parts: frozenset[str], device: torch.device | str,
-                  batch_size: int | None = None) -> LossFn:
-    """``x0 -> `` the training loss of one batch, ``diffusion_model.diffusion_loss`` wrapped in the parts.
+                  batch_size: int | None = None, snr_gamma: float | None = None,
+                  label_drop: float = 0.0) -> LossFn:
+    """``(x0, y=None) -> `` the training loss of one batch, ``diffusion_model.diffusion_loss`` wrapped in the parts.
 
     ``model`` is the ``DiffusionModel`` (or its DDP wrapper). With no part this
-    is exactly ``diffusion_loss(model, x0)``, the paper's fp32 eager computation;
+    is exactly ``diffusion_loss(model, x0, snr_gamma, y, label_drop)``, the paper's fp32 eager
+    computation (with Min-SNR weighting when ``snr_gamma`` is given, and the labels ``y`` of a
+    class-conditional model);
     ``channels_last`` converts the batch, ``bf16`` runs it under autocast.
 
     With ``compile``, batches of ``batch_size`` images (default: the size of
@@ -209,21 +212,21 @@ def loss_function(model: nn.Module, parts: frozenset[str], device: torch.device 
     channels_last = "channels_last" in parts
     bf16 = "bf16" in parts
 
-    def loss_of(x0: torch.Tensor) -> torch.Tensor:
+    def loss_of(x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with autocast:
-            return diffusion_loss(model, x0)
+            return diffusion_loss(model, x0, snr_gamma, y, label_drop)
 
     if "compile" not in parts:
         return loss_of
     compiled = torch.compile(loss_of, dynamic=False)
     sizes = [batch_size]
 
-    def compiled_or_eager(x0: torch.Tensor) -> torch.Tensor:
+    def compiled_or_eager(x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if sizes[0] is None:
             sizes[0] = x0.shape[0]
-        return compiled(x0) if x0.shape[0] == sizes[0] else loss_of(x0)
+        return compiled(x0, y) if x0.shape[0] == sizes[0] else loss_of(x0, y)
 
     return compiled_or_eager

@@ -66,12 +66,13 @@ def to_uint8(images: torch.Tensor, display: str = "clamp") -> torch.Tensor:
     return scaled.round().clamp(0, 255).to(torch.uint8)
 
 
-def tile(images: torch.Tensor, display: str = "clamp") -> np.ndarray:
+def tile(images: torch.Tensor, display: str = "clamp", cols: int | None = None) -> np.ndarray:
     """Tile (N, C, H, W) images into one (rows*H, cols*W, C) uint8 array with einops.
 
-    When N is not a perfect square, the grid is padded with black images.
+    ``cols`` images per row (default: as square as possible, ``grid_shape``); a
+    grid with more cells than images is padded with black images.
     """
-    rows, cols = grid_shape(len(images))
+    rows, cols = grid_shape(len(images)) if cols is None else (math.ceil(len(images) / cols), cols)
     pixels = to_uint8(images.detach().cpu().float(), display)
     pad = rows * cols - len(pixels)
     if pad:
@@ -87,10 +88,10 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, hold: int, f
     write_atomic(path, buffer.getvalue())
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, display: str = "clamp") -> None:
-    """Save a batch of images as one PNG grid at native resolution (Figures 16 and 18)."""
+def save_grid(images: torch.Tensor, path: str | os.PathLike, display: str = "clamp", cols: int | None = None) -> None:
+    """Save a batch of images as one PNG grid at native resolution (Figures 16 and 18), ``cols`` per row."""
     buffer = io.BytesIO()
-    imageio.imwrite(buffer, tile(images, display)[:, :, 0], format="PNG")
+    imageio.imwrite(buffer, tile(images, display, cols)[:, :, 0], format="PNG")
     write_atomic(path, buffer.getvalue())
 
 

@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import StepLR
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import distributed
@@ -38,7 +37,7 @@ from checkpoint import (
     refuse_to_replace,
     rescale_position,
 )
-from cli import DEFAULT_DATASET, UsageError, parse_args
+from cli import DEFAULT_DATASET, DEFAULT_EPOCHS, UsageError, parse_args
 from Dataset import IMAGE_SIZES, DatasetError, get_data_loaders
 from diffusion_model import DiffusionModel
 from ema import EMA
@@ -47,8 +46,9 @@ from fastpath import to_tensor_loader
 from figures import save_dataset_samples, save_embedding_matrix, save_forward_process
 from files import OutputError, RunLock, ensure_writable, remove_orphans, writable_beside_data, write_json
 from likelihood import bits_per_dim
-from quality import format_table, judge_outputs, load_or_train_judge, score
-from unet import MyUNet
+from recipe import make_scheduler
+from quality import N_CLASSES, format_table, judge_outputs, load_or_train_judge, requested_digit_accuracy, score
+from unet import PAPER_ARCHITECTURES, make_unet
 from utils import DEFAULT_CLIP_X0, StopRequest, TrainingDiverged, TrainingInterrupted, sample, sampling_steps
 from utils import training_loop
 
@@ -149,6 +149,8 @@ def load_data(args: argparse.Namespace, device: torch.device, dataset: str | Non
 def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
     """Build (or, with --resume, reload) the model and run the training loop of Figure 12."""
     ddpm, saved = resume_point(args, device, checkpoint) if args.resume else (new_model(args, device), None)
+    if args.epochs is None:  # --resume without --dataset: the run's dataset is known now
+        args.epochs = DEFAULT_EPOCHS[args.dataset]
     if saved is not None and saved["progress"]["epoch"] >= args.epochs:
         log.warning("Nothing to train: the run in %s is complete (%d of %d epochs); pass a larger --epochs "
                     "to train it further", checkpoint.parent, saved["progress"]["epoch"], args.epochs)
@@ -163,13 +165,18 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
         model = DistributedDataParallel(ddpm, device_ids=[device.index] if device.type == "cuda" else None,
                                         forward_sync_buffers=False)  # the schedule buffers never change
     optimizer = make_optimizer(ddpm.parameters(), args.lr, parts)
+    scheduler, per_step = make_scheduler(optimizer, args.lr_schedule, steps_per_epoch=len(train_loader),
+                                         epochs=args.epochs, warmup_steps=args.warmup_steps,
+                                         lr_step=args.lr_step, lr_gamma=args.lr_gamma)
     state = TrainState(
-        ddpm, optimizer, StepLR(optimizer, step_size=args.lr_step, gamma=args.lr_gamma),
+        ddpm, optimizer, scheduler, scheduler_per_step=per_step,
         ema=EMA(ddpm.backward_process_model, args.ema_decay) if args.ema_decay > 0 else None,
         model=model, dataset=args.dataset,
         train_args=dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
-                        lr_gamma=args.lr_gamma, seed=args.seed, ema_decay=args.ema_decay,
-                        world_size=distributed.world_size(), fast_parts=sorted(parts)))
+                        lr_gamma=args.lr_gamma, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+                        loss_weighting=args.loss_weighting, snr_gamma=args.snr_gamma,
+                        label_drop=args.label_drop, seed=args.seed,
+                        ema_decay=args.ema_decay, world_size=distributed.world_size(), fast_parts=sorted(parts)))
     if saved is not None:
         if saved["train_args"].get("world_size") != distributed.world_size():
             log.warning("Resuming a run of %s process(es) with %d: it goes on from the saved state, but no longer "
@@ -193,7 +200,9 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
         with StopRequest() as stop:
             training_loop(state, train_loader, val_loader, args.epochs, store_path=checkpoint,
                           loss_curve_path=curves, seed=args.seed, should_stop=stop,
-                          loss_fn=loss_function(model, parts, device, args.batch_size))
+                          loss_fn=loss_function(model, parts, device, args.batch_size,
+                                                snr_gamma=args.snr_gamma if args.loss_weighting == "min-snr"
+                                                else None, label_drop=args.label_drop))
     finally:  # also after an interruption or a divergence: the history of the finished epochs
         if distributed.is_main_process() and state.history["train_loss"]:
             try:
@@ -206,8 +215,14 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
 def new_model(args: argparse.Namespace, device: torch.device) -> DiffusionModel:
     """A fresh DDPM for --dataset with the CLI's schedule and network options."""
     size = IMAGE_SIZES[args.dataset]
-    net = MyUNet(n_steps=args.timesteps, time_emb_dim=args.time_emb_dim, image_size=size, arch=args.arch)
-    ddpm = DiffusionModel(net, args.beta_start, args.beta_end, args.timesteps, device=device)
+    extra = {} if args.arch in PAPER_ARCHITECTURES else dict(base_channels=args.channels or 32,
+                                                              dropout=args.dropout or 0.0)
+    if args.class_cond:
+        extra["num_classes"] = N_CLASSES
+    net = make_unet(n_steps=args.timesteps, time_emb_dim=args.time_emb_dim, image_size=size, arch=args.arch,
+                    **extra)
+    ddpm = DiffusionModel(net, args.beta_start, args.beta_end, args.timesteps, device=device,
+                          schedule=args.schedule)
     alpha_bar_T = ddpm.alpha_bars[-1].item()
     if alpha_bar_T > 0.01:  # x_T keeps sqrt(alpha_bar_T) of the image: sampling from N(0, I) starts elsewhere
         log.warning("alpha_bar_T is %.3g with --timesteps %d and --beta-end %g: the last noised images keep "
@@ -249,14 +264,16 @@ def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     """Rebuild the model from its checkpoint and sample: Algorithm 2 (Figure 14), DDIM or DPM-Solver++."""
     ddpm, ckpt = open_checkpoint(checkpoint, device, use_ema=not args.no_ema)
     options = sampler_options(args, ddpm)
+    labels, cols = requested_labels(args, ddpm, checkpoint)
+    n_samples = args.n_samples if labels is None else len(labels)
     dataset = ckpt["config"]["dataset"]
     grid_path = ensure_writable(out_dir / f"samples_{dataset}.png")
     gif = ensure_writable(Path(args.gif)) if args.gif else None
-    log.info("Sampling %d images from %s (%s, T=%d, %s) on %s", args.n_samples, checkpoint, dataset,
-             ddpm.timesteps, args.sampler, device)
+    log.info("Sampling %d images from %s (%s, T=%d, %s%s) on %s", n_samples, checkpoint, dataset,
+             ddpm.timesteps, args.sampler, "" if labels is None else f", guidance {args.guidance:g}", device)
     start = time.perf_counter()
-    sample(ddpm, args.n_samples, device, frames_per_gif=args.frames_per_gif, gif_name=gif,
-           grid_path=grid_path, seed=args.seed, display=args.display, **options)
+    sample(ddpm, n_samples, device, frames_per_gif=args.frames_per_gif, gif_name=gif,
+           grid_path=grid_path, seed=args.seed, display=args.display, labels=labels, grid_cols=cols, **options)
     log.info("Sampled in %.1fs: grid %s%s", time.perf_counter() - start, grid_path,
              f", GIF {gif}" if gif else "")
 
@@ -266,9 +283,11 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     ddpm, ckpt = open_checkpoint(checkpoint, device, use_ema=not args.no_ema)
     options = sampler_options(args, ddpm)
     dataset = ckpt["config"]["dataset"]
+    labels, _ = requested_labels(args, ddpm, checkpoint)  # a conditional model: every digit alike, or --digit's
+    n = args.n_samples if labels is None else len(labels)
     steps = len(sampling_steps(ddpm, options["sampler"], options["sample_steps"], options["step_schedule"]))
-    report_path = ensure_writable(out_dir / report_name(dataset, options, steps))
-    n = args.n_samples
+    guidance = args.guidance if labels is not None else None
+    report_path = ensure_writable(out_dir / report_name(dataset, options, steps, guidance))
     if n < 2:
         raise UsageError("--evaluate needs --n-samples >= 2 (the Frechet distance fits a covariance)")
     if n <= 128:
@@ -283,7 +302,8 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     val_features, _ = judge_outputs(judge, val_loader, device)
     real = torch.stack([train_loader.dataset[i][0] for i in range(n)])
     start = time.perf_counter()
-    samples = sample(ddpm, n, device, gif_name=None, seed=args.seed, **options)
+    samples = sample(ddpm, n, device, gif_name=None, seed=args.seed, labels=labels, guidance=args.guidance,
+                     **options)
     seconds = time.perf_counter() - start
     rows = {
         f"generated ({args.sampler}, {steps} steps)": score(judge, samples, val_features, device),
@@ -291,12 +311,19 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     }
     log.info("Quality of %s (%s), %d samples drawn in %.1fs:\n%s", checkpoint, dataset, n, seconds,
              format_table(rows, judge_accuracy))
+    accuracy = None if labels is None else requested_digit_accuracy(judge, samples, labels, device)
+    if accuracy is not None:
+        log.info("Guidance %g: the judge reads the requested digit in %.2f%% of the samples; per digit: %s",
+                 args.guidance, 100 * accuracy["overall"],
+                 " ".join("-" if a is None else f"{100 * a:.1f}" for a in accuracy["per_class"]))
     report = dict(checkpoint=str(checkpoint), dataset=dataset, ema=not args.no_ema and "ema" in ckpt,
                   arch=ckpt["config"]["network"]["arch"],
                   sampler=dict(sampler=args.sampler, sample_steps=options["sample_steps"], eta=args.eta,
                                clip_x0=options["clip_x0"], step_schedule=args.step_schedule,
                                variance=args.reverse_variance),
                   steps=steps, seed=args.seed, sampling_seconds=seconds, judge_accuracy=judge_accuracy, rows=rows)
+    if accuracy is not None:
+        report.update(guidance=args.guidance, requested_digit_accuracy=accuracy)
     if args.bpd_images > 0:
         report["likelihood_bound"] = likelihood_bound(ddpm, val_loader, args.bpd_images, args.seed)
     write_json(report_path, report)
@@ -384,8 +411,26 @@ def sampler_options(args: argparse.Namespace, ddpm: DiffusionModel) -> dict[str,
                 step_schedule=args.step_schedule, variance=args.reverse_variance)
 
 
-def report_name(dataset: str, options: dict[str, Any], steps: int) -> str:
-    """``quality_<dataset>_<sampler><steps>[_clip-<mode>][_logsnr][_posterior][_eta<E>].json`` for --evaluate."""
+def requested_labels(args: argparse.Namespace, ddpm: DiffusionModel,
+                     checkpoint: Path) -> tuple[torch.Tensor | None, int | None]:
+    """--sample's labels and images per grid row: --digit's digits repeated to --n-samples, else, for a
+    class-conditional checkpoint, one row per class (--n-samples rounded up to fill the rows); None, None
+    for an unconditional one. --digit on an unconditional checkpoint is a ``UsageError``."""
+    classes = ddpm.num_classes
+    if not classes:
+        if args.digit is not None:
+            raise UsageError(f"--digit needs a class-conditional checkpoint; {checkpoint} is unconditional "
+                             "(train one with --class-cond)")
+        return None, None
+    if args.digit is not None:
+        return torch.tensor([args.digit[i % len(args.digit)] for i in range(args.n_samples)]), None
+    per_class = -(-args.n_samples // classes)
+    return torch.arange(classes).repeat_interleave(per_class), per_class
+
+
+def report_name(dataset: str, options: dict[str, Any], steps: int, guidance: float | None = None) -> str:
+    """``quality_<dataset>_<sampler><steps>[_clip-<mode>][_logsnr][_posterior][_eta<E>][_w<W>].json``
+    for --evaluate (``_w<W>``: the guidance weight of a class-conditional checkpoint)."""
     name = f"quality_{dataset}_{options['sampler']}{steps}"
     if options["clip_x0"] != "none":
         name += f"_clip-{options['clip_x0']}"
@@ -395,6 +440,8 @@ def report_name(dataset: str, options: dict[str, Any], steps: int) -> str:
         name += f"_{options['variance']}"
     if options["ddim_eta"] != 0:
         name += f"_eta{options['ddim_eta']:g}"
+    if guidance is not None:
+        name += f"_w{guidance:g}"
     return name + ".json"
 
 

@@ -189,6 +189,19 @@ def score(
     )
 
 
+def requested_digit_accuracy(judge: DigitClassifier, samples: torch.Tensor, labels: torch.Tensor,
+                             device: torch.device | str) -> dict[str, Any]:
+    """The share of samples that the judge classifies as the digit they were drawn for: overall and per class.
+
+    ``per_class[d]`` is None for a digit that was not asked for.
+    """
+    _, probs = judge_outputs(judge, samples, device)
+    hit = probs.argmax(1) == labels.cpu()
+    per_class = [hit[labels.cpu() == d].double().mean().item() if (labels == d).any() else None
+                 for d in range(N_CLASSES)]
+    return dict(overall=hit.double().mean().item(), per_class=per_class)
+
+
 def format_table(rows: dict[str, dict[str, Any]], judge_accuracy: float) -> str:
     """A plain-text table of score rows."""
     lines = [f"judge accuracy on the validation set: {judge_accuracy:.4f}",

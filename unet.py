@@ -12,7 +12,8 @@ Two image sizes are supported, the paper's two datasets:
   level uses a 2x2 convolution (7 -> 6) next to the stride-2 one (6 -> 3), and
   the matching transposed pair on the way up, so every skip connection lines up.
 
-Two architectures are selectable with ``arch``:
+Three architectures are selectable with ``arch`` (``make_unet`` builds any of them
+from a checkpoint's config):
 
 * ``"paper"``: exactly Figure 11. Its first ``MyBlock`` applies LayerNorm over
   the whole (C, H, W) of the raw input, after only a per-image constant (the
@@ -23,6 +24,10 @@ Two architectures are selectable with ``arch``:
   block does not normalise its raw input (``normalize=False``). Every later
   LayerNorm acts on features that are non-linear functions of x, which keep
   the absolute intensities.
+* ``"resattn"``: not in the paper; a small modern UNet (``ResAttnUNet``):
+  residual blocks with GroupNorm and a scale-shift time modulation (Dhariwal and
+  Nichol 2021), more channels at lower resolution, self-attention at the lowest
+  resolution, optional dropout. The README measures it against the other two.
 """
 
 from __future__ import annotations
@@ -30,10 +35,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED_IMAGE_SIZES = (28, 64)
-ARCHITECTURES = ("paper", "fixed")
+ARCHITECTURES = ("paper", "fixed", "resattn")
+PAPER_ARCHITECTURES = ("paper", "fixed")  # MyUNet; "resattn" is ResAttnUNet
+# ResAttnUNet's channel multipliers per resolution: 28 -> 14 -> 7 and 64 -> 32 -> 16 -> 8.
+DEFAULT_CHANNEL_MULTS = {28: (1, 2, 2), 64: (1, 2, 2, 2)}
 
 
 def sinusoidal_embedding(n: int, d: int) -> torch.Tensor:
@@ -60,6 +69,44 @@ def sinusoidal_embedding(n: int, d: int) -> torch.Tensor:
     emb[:, 0::2] = torch.sin(angles)  # Eq. 10
     emb[:, 1::2] = torch.cos(angles[:, : d // 2])  # Eq. 11
     return emb.float()
+
+
+def time_table(n_steps: int, dim: int) -> nn.Embedding:
+    """The sinusoidal embedding of steps 0..n_steps-1 (Eq. 10-11) as a frozen lookup table."""
+    table = nn.Embedding(n_steps, dim)
+    table.weight.data = sinusoidal_embedding(n_steps, dim)
+    table.requires_grad_(False)
+    return table
+
+
+def label_embedding(num_classes: int, dim: int) -> nn.Embedding | None:
+    """Class-conditional networks: one learned vector per class plus one for "no label" (index
+    ``num_classes``), added to the time embedding; zero at the start, so training starts unconditional.
+    None for an unconditional network (``num_classes = 0``)."""
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    if num_classes == 0:
+        return None
+    embed = nn.Embedding(num_classes + 1, dim)
+    nn.init.zeros_(embed.weight)
+    return embed
+
+
+def add_label(emb: torch.Tensor, label_embed: nn.Embedding | None, y: torch.Tensor | None) -> torch.Tensor:
+    """The time embedding plus the label's (``y = None``: every image "no label"); unchanged when unconditional."""
+    if label_embed is None:
+        if y is not None:
+            raise ValueError("this network is not class-conditional: it takes no labels")
+        return emb
+    null = label_embed.num_embeddings - 1
+    if y is None:
+        y = torch.full((emb.shape[0],), null, dtype=torch.long, device=emb.device)
+    y = y.reshape(-1).long()
+    if y.shape[0] != emb.shape[0]:
+        raise ValueError(f"got {emb.shape[0]} images but {y.shape[0]} labels")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) > null):
+        raise ValueError(f"labels must lie in 0..{null} ({null}: no label)")
+    return emb + label_embed(y)
 
 
 class MyBlock(nn.Module):
@@ -118,9 +165,11 @@ class MyUNet(nn.Module):
         arch: "paper" (Figure 11 as published) or "fixed" (no LayerNorm on the
             raw input; see the module docstring).
 
-    ``forward(x, t)`` takes x of shape (N, C, S, S) and integer time steps t of
+    ``forward(x, t, y=None)`` takes x of shape (N, C, S, S) and integer time steps t of
     shape (N,) or (N, 1) with values in 0..n_steps-1 (0-based, see
-    ``DiffusionModel``) and returns a tensor shaped like x.
+    ``DiffusionModel``) and returns a tensor shaped like x. With ``num_classes > 0``
+    (not in the paper: classifier-free guidance) the labels y, shape (N,), values
+    0..num_classes (the last: no label), enter through ``label_embedding``.
 
     Fixes to Figure 11, each also marked where it happens: ``b1``'s first block
     had a syntax error (``MyBlock(1, 64, 64), 1, 10)``); ``forward`` calls
@@ -137,24 +186,25 @@ class MyUNet(nn.Module):
         image_size: int = 28,
         in_channels: int = 1,
         arch: str = "paper",
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         if image_size not in SUPPORTED_IMAGE_SIZES:
             raise ValueError(f"MyUNet supports image sizes {SUPPORTED_IMAGE_SIZES}, got {image_size}")
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"MyUNet arch must be one of {ARCHITECTURES}, got {arch!r}")
+        if arch not in PAPER_ARCHITECTURES:
+            raise ValueError(f"MyUNet arch must be one of {PAPER_ARCHITECTURES}, got {arch!r}")
         if n_steps < 1 or time_emb_dim < 1 or in_channels < 1:
             raise ValueError("MyUNet needs n_steps, time_emb_dim and in_channels >= 1")
         self.config = dict(
             n_steps=n_steps, time_emb_dim=time_emb_dim, image_size=image_size, in_channels=in_channels, arch=arch
         )
+        if num_classes:  # (unconditional networks keep the config and weights they always had)
+            self.config["num_classes"] = num_classes
+        self.label_embed = label_embedding(num_classes, time_emb_dim)
         s1, s2, s3 = image_size, image_size // 2, image_size // 4
         c = in_channels
 
-        # Sinusoidal embedding: a frozen lookup table (Eq. 10-11).
-        self.time_embed = nn.Embedding(n_steps, time_emb_dim)
-        self.time_embed.weight.data = sinusoidal_embedding(n_steps, time_emb_dim)
-        self.time_embed.requires_grad_(False)
+        self.time_embed = time_table(n_steps, time_emb_dim)
 
         # First half. (Figure 11 names this MLP t1 but calls te1: fixed.)
         self.te1 = self._make_te(time_emb_dim, c)
@@ -196,13 +246,13 @@ class MyUNet(nn.Module):
         """Two-layer MLP projecting the time embedding to a stage's channels."""
         return nn.Sequential(nn.Linear(dim_in, dim_out), nn.SiLU(), nn.Linear(dim_out, dim_out))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         n = x.shape[0]
         if t.dim() > 1:  # the paper passes t as (N, 1)
             t = t.reshape(-1)
         if t.shape[0] != n:
             raise ValueError(f"MyUNet got {n} images but {t.shape[0]} time steps")
-        emb = self.time_embed(t.long())  # (N, time_emb_dim)
+        emb = add_label(self.time_embed(t.long()), self.label_embed, y)  # (N, time_emb_dim)
 
         def te(mlp: nn.Module) -> torch.Tensor:  # channel-wise time embedding
             return mlp(emb).reshape(n, -1, 1, 1)
@@ -219,3 +269,171 @@ class MyUNet(nn.Module):
         out = torch.cat((out1, self.up3(out5)), dim=1)  # (N, 20, S, S)
         out = self.b_out(out + te(self.te_out))  # (N, 10, S, S)
         return self.conv_out(out)  # (N, C, S, S)
+
+
+# --------------------------------------------------------------------------- the modern network ("resattn")
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, time scale-shift, GroupNorm -> SiLU -> dropout -> conv, plus the input.
+
+    The time embedding sets a per-channel scale and shift of the second
+    normalised feature map, ``h * (1 + scale) + shift`` (Dhariwal and Nichol
+    2021), instead of the paper's addition before a stage. The last conv starts
+    at zero, so every block starts as the identity.
+    """
+
+    def __init__(self, in_c: int, out_c: int, emb_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = _group_norm(in_c)
+        self.conv1 = nn.Conv2d(in_c, out_c, 3, 1, 1)
+        self.emb = nn.Linear(emb_dim, 2 * out_c)
+        self.norm2 = _group_norm(out_c)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_c, out_c, 3, 1, 1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_c, out_c, 1) if in_c != out_c else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(self.act(h)))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, added to its input (zero-initialised)."""
+
+    def __init__(self, channels: int, head_dim: int = 32) -> None:
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.norm = _group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+
+
+class ResAttnUNet(nn.Module):
+    """A small modern noise predictor eps_theta(x, t) for 28x28 or 64x64 images (``arch="resattn"``).
+
+    Per resolution, ``blocks`` ``ResBlock``s on the way down and up, the skip of
+    each level concatenated on the way up; ``base_channels * mult`` channels per
+    level (``channel_mults``, default ``DEFAULT_CHANNEL_MULTS``); stride-2
+    convolutions down, nearest-neighbour upsampling plus a conv up;
+    ``SelfAttention`` at the lowest resolution (7x7 or 8x8), also in the middle.
+    The time step enters as in the paper, the frozen sinusoidal table of Eq. 10-11,
+    then one ``_make_te`` MLP to a ``4 * base_channels`` embedding shared by every block.
+
+    ``forward(x, t, y=None)``: x of shape (N, C, S, S), 0-based integer t of shape (N,) or (N, 1),
+    and, for a class-conditional network (``num_classes > 0``), labels y (None: "no label").
+    """
+
+    def __init__(
+        self,
+        n_steps: int = 1000,
+        time_emb_dim: int = 100,
+        image_size: int = 28,
+        in_channels: int = 1,
+        arch: str = "resattn",
+        base_channels: int = 32,
+        channel_mults: tuple[int, ...] | list[int] | None = None,
+        blocks: int = 1,
+        dropout: float = 0.0,
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        if arch != "resattn":
+            raise ValueError(f"ResAttnUNet is arch 'resattn', got {arch!r}")
+        if image_size not in SUPPORTED_IMAGE_SIZES:
+            raise ValueError(f"ResAttnUNet supports image sizes {SUPPORTED_IMAGE_SIZES}, got {image_size}")
+        mults = tuple(channel_mults or DEFAULT_CHANNEL_MULTS[image_size])
+        if image_size % 2 ** (len(mults) - 1):
+            raise ValueError(f"{len(mults) - 1} halvings do not divide image size {image_size}")
+        if min(n_steps, time_emb_dim, in_channels, base_channels, blocks, *mults) < 1 or not 0 <= dropout < 1:
+            raise ValueError("ResAttnUNet needs positive sizes and 0 <= dropout < 1")
+        self.config = dict(n_steps=n_steps, time_emb_dim=time_emb_dim, image_size=image_size,
+                           in_channels=in_channels, arch=arch, base_channels=base_channels,
+                           channel_mults=list(mults), blocks=blocks, dropout=dropout)
+        if num_classes:
+            self.config["num_classes"] = num_classes
+        self.label_embed = label_embedding(num_classes, time_emb_dim)
+        emb_dim = 4 * base_channels
+        self.time_embed = time_table(n_steps, time_emb_dim)
+        self.te = MyUNet._make_te(time_emb_dim, emb_dim)
+        self.stem = nn.Conv2d(in_channels, base_channels, 3, 1, 1)
+
+        widths = [base_channels * m for m in mults]
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        c = base_channels
+        for level, width in enumerate(widths):
+            self.down.append(nn.ModuleList(ResBlock(c if k == 0 else width, width, emb_dim, dropout)
+                                           for k in range(blocks)))
+            c = width
+            last = level == len(widths) - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, 2, 1))
+        self.mid1 = ResBlock(c, c, emb_dim, dropout)
+        self.mid_attn = SelfAttention(c)
+        self.mid2 = ResBlock(c, c, emb_dim, dropout)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            width = widths[level]
+            self.up.append(nn.ModuleList(ResBlock(c + width if k == 0 else width, width, emb_dim, dropout)
+                                         for k in range(blocks)))
+            c = width
+            self.upsample.append(nn.Conv2d(c, widths[level - 1], 3, 1, 1) if level > 0 else nn.Identity())
+            c = widths[level - 1] if level > 0 else c
+        self.attn_down = SelfAttention(widths[-1])
+        self.attn_up = SelfAttention(widths[-1])
+        self.out = nn.Sequential(_group_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, 1, 1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        t = t.reshape(-1)
+        if t.shape[0] != x.shape[0]:
+            raise ValueError(f"ResAttnUNet got {x.shape[0]} images but {t.shape[0]} time steps")
+        emb = self.te(add_label(self.time_embed(t.long()), self.label_embed, y))
+        h = self.stem(x)
+        skips = []
+        lowest = len(self.down) - 1
+        for level, (blocks, down) in enumerate(zip(self.down, self.downsample)):
+            for block in blocks:
+                h = block(h, emb)
+            if level == lowest:
+                h = self.attn_down(h)
+            skips.append(h)
+            h = down(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for level, (blocks, up) in enumerate(zip(self.up, self.upsample)):
+            h = torch.cat((h, skips.pop()), dim=1)
+            for block in blocks:
+                h = block(h, emb)
+            if level == 0:
+                h = self.attn_up(h)
+            if not isinstance(up, nn.Identity):
+                h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.out(h)
+
+
+def make_unet(**config) -> nn.Module:
+    """The network of a checkpoint's ``config["network"]``: ``MyUNet`` (paper, fixed) or ``ResAttnUNet``."""
+    arch = config.get("arch", "paper")
+    if arch == "resattn":
+        return ResAttnUNet(**config)
+    return MyUNet(**config)

@@ -61,7 +61,8 @@ def evaluate(diffusion_model: DiffusionModel, test_loader: DataLoader, device: t
     with torch.no_grad():
         for batch in test_loader:
             x0 = batch[0].to(device)
-            _, noise, eta_theta = diffusion_model(x0, generator=gen)
+            y = batch[1].to(device) if diffusion_model.num_classes else None  # conditional: the true labels
+            _, noise, eta_theta = diffusion_model(x0, generator=gen, y=y)
             total_loss += get_loss(noise, eta_theta).item() * len(x0)
             total_samples += len(x0)
     diffusion_model.train(was_training)
@@ -86,6 +87,12 @@ class TrainingDiverged(Exception):
         where = f"epoch {epoch}, batch {batch}" if batch is not None else f"the validation of epoch {epoch}"
         super().__init__(f"training diverged: the loss is {loss} at {where}; the checkpoints of the last good "
                          f"epoch are untouched; train again with a smaller --lr (this run: {lr:g})")
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The run's --lr: the rate a scheduler started from (its warm-up or decay scales the current one)."""
+    group = optimizer.param_groups[0]
+    return group.get("initial_lr", group["lr"])
 
 
 class StopRequest:
@@ -162,8 +169,9 @@ def training_loop(
         val_loss = evaluate(state.ddpm, val_loader, seed=seed)
         lr = state.optimizer.param_groups[0]["lr"]  # the rate this epoch was trained with
         if not math.isfinite(val_loss):
-            raise TrainingDiverged(epoch + 1, None, val_loss, lr)
-        state.scheduler.step()
+            raise TrainingDiverged(epoch + 1, None, val_loss, base_lr(state.optimizer))
+        if not state.scheduler_per_step:
+            state.scheduler.step()
         for key, value in (("train_loss", train_loss), ("val_loss", val_loss), ("lr", lr),
                            ("epoch_seconds", time.perf_counter() - start)):
             state.history[key].append(value)
@@ -200,10 +208,11 @@ def _train_epoch(state: TrainState, train_loader: DataLoader, n_epochs: int,
     for done, batch in enumerate(progress_bar(batches, leave=False, desc=f"Epoch {epoch + 1}/{n_epochs} - Training",
                                               initial=skip, total=len(train_loader)), start=skip + 1):
         x0 = batch[0].to(device, non_blocking=True)
-        loss = state.step(x0, loss_fn).item()
+        y = batch[1].to(device, non_blocking=True) if state.ddpm.num_classes else None
+        loss = state.step(x0, loss_fn, y).item()
         if distributed.any_rank(not math.isfinite(loss), x0.device):  # every rank stops together
             shown = loss if not math.isfinite(loss) else "not finite on another process"
-            raise TrainingDiverged(epoch + 1, done, shown, state.optimizer.param_groups[0]["lr"])
+            raise TrainingDiverged(epoch + 1, done, shown, base_lr(state.optimizer))
         loss_sum += loss * len(x0)
         seen += len(x0)
         if should_stop is not None and distributed.any_rank(should_stop(), x0.device):
@@ -271,6 +280,9 @@ def sample(
     clip_x0: str | None = None,
     step_schedule: str = "uniform",
     variance: str = "beta",
+    labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
+    grid_cols: int | None = None,
 ) -> torch.Tensor:
     """Generate ``n_samples`` images and return them clamped to [-1, 1] (Figure 14).
 
@@ -290,10 +302,16 @@ def sample(
     ``seed`` makes the result reproducible (a private generator draws x_T and
     every z; the global random state is untouched). ``display`` picks how frames
     are drawn (see ``figures.to_uint8``); the returned tensor is always the model's
-    output clamped to [-1, 1].
+    output clamped to [-1, 1]. ``grid_cols`` sets the images per row of the grid and GIF.
+
+    A class-conditional model draws image i of class ``labels[i]`` with
+    classifier-free guidance of weight ``guidance`` (``DiffusionModel.guided_backward``),
+    with every sampler; ``labels = None`` draws unconditionally.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if labels is not None and labels.shape != (n_samples,):
+        raise ValueError(f"need one label per sample: {n_samples} samples, labels of shape {tuple(labels.shape)}")
     steps = sampling_steps(ddpm, sampler, sample_steps, step_schedule)
     device = torch.device(device) if device is not None else ddpm.device
     gen = torch.Generator(device=device)
@@ -315,17 +333,18 @@ def sample(
     with torch.no_grad():
         x = noise()  # x_T ~ N(0, I)
         t_batch = torch.empty(n_samples, dtype=torch.long, device=device)
+        y = labels.to(device) if labels is not None else None
         for idx, t in enumerate(progress_bar(steps, desc=f"Sampling ({sampler})", leave=False)):
-            eta_theta = ddpm.backward(x, t_batch.fill_(t))
+            eta_theta = ddpm.guided_backward(x, t_batch.fill_(t), y, guidance)
             x = update(x, t, steps[idx + 1] if idx + 1 < len(steps) else -1, eta_theta)
             if idx in frame_steps:
-                frames.append(tile(x, display))
+                frames.append(tile(x, display, grid_cols))
     ddpm.train(was_training)
 
     if gif_name is not None:
         save_gif(frames, gif_name, hold=len(frames) // 3)
     if grid_path is not None:
-        save_grid(x, grid_path, display)
+        save_grid(x, grid_path, display, grid_cols)
     return x.clamp(-1, 1)
 
 

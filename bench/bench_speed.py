@@ -3,7 +3,7 @@
     python bench/bench_speed.py --data-root ../shared/data            # the full benchmark (~15 min on 2 cores)
     python bench/bench_speed.py --data-root ../shared/data --quick    # a smoke run (~3 min)
 
-Prints, for MNIST and the default ('fixed') UNet at batch 128:
+Prints, for MNIST and one network (``--arch``, default: the package's default 'resattn') at batch 128:
 
 1. Training images/s of the paper's fp32 eager path, of each fast-path part
    alone (``fastpath.PARTS``) and of ``--fast`` (the parts kept), over the
@@ -48,7 +48,7 @@ import fastpath  # noqa: E402
 from Dataset import get_data_loaders  # noqa: E402
 from diffusion_model import DiffusionModel  # noqa: E402
 from ema import EMA  # noqa: E402
-from unet import MyUNet  # noqa: E402
+from unet import ARCHITECTURES, make_unet  # noqa: E402
 from checkpoint import TrainState  # noqa: E402
 from distributed import resolve_device  # noqa: E402
 from utils import evaluate, sample  # noqa: E402
@@ -84,15 +84,15 @@ def sync(device: torch.device) -> None:
 # --------------------------------------------------------------------------- one measurement (child process)
 
 
-def build(seed: int, device: torch.device) -> DiffusionModel:
+def build(seed: int, device: torch.device, arch: str) -> DiffusionModel:
     torch.manual_seed(seed)
-    return DiffusionModel(MyUNet(image_size=28), device=device)
+    return DiffusionModel(make_unet(image_size=28, arch=arch), device=device)
 
 
 def train_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Train from a fresh seeded model with the parts in ``opts.parts``; time steps after the warm-up."""
     parts = fastpath.parse_parts(opts.parts)
-    ddpm = fastpath.prepare_model(build(opts.seed, device), parts)
+    ddpm = fastpath.prepare_model(build(opts.seed, device, opts.arch), parts)
     train_loader, val_loader = get_data_loaders("mnist", opts.batch_size, opts.data_root, seed=opts.seed,
                                                 device=device, download=False)
     stack_start = time.perf_counter()
@@ -133,7 +133,7 @@ def train_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
 def sample_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Draw ``opts.n_samples`` images with the sampler in ``opts.sampler`` from a fresh model."""
-    ddpm = build(opts.seed, device).eval()
+    ddpm = build(opts.seed, device, opts.arch).eval()
     steps = opts.sample_steps if opts.sampler != "ddpm" else None
     # Warm the kernels at this batch size (2 DDIM steps), so neither sampler pays their set-up.
     sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler="ddim", sample_steps=2, gif_name=None)
@@ -154,7 +154,7 @@ def child(opts: argparse.Namespace, **kwargs: Any) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; return its JSON result."""
     argv = [sys.executable, __file__, "--child", "--data-root", opts.data_root, "--device", opts.device,
             "--seed", str(opts.seed), "--batch-size", str(opts.batch_size), "--steps", str(opts.steps),
-            "--warmup", str(opts.warmup), "--n-samples", str(opts.n_samples)]
+            "--warmup", str(opts.warmup), "--n-samples", str(opts.n_samples), "--arch", opts.arch]
     for key, value in kwargs.items():
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
@@ -184,7 +184,8 @@ def paired_windows(eager: list[float], fast: list[float], windows: int) -> list[
 def training_table(opts: argparse.Namespace, fast: frozenset[str]) -> Any:
     """Time every fast-path part alone, the extra combinations and --fast; print the table."""
     combos = [",".join(sorted(fastpath.parse_parts(c))) for c in opts.combos.split(";") if c.strip()]
-    configs = ["none", *fastpath.PARTS, *combos, ",".join(sorted(fast))]
+    alone = [] if opts.eager_and_fast else list(fastpath.PARTS)
+    configs = ["none", *alone, *combos, ",".join(sorted(fast))]
     rows = []
     for parts in configs:
         r = child(opts, parts=parts)
@@ -253,6 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: few steps, no whole epoch, 8 samples")
     p.add_argument("--skip-epoch", action="store_true", help="skip the whole-epoch comparison")
     p.add_argument("--sampling-only", action="store_true", help="measure the samplers alone")
+    p.add_argument("--arch", choices=ARCHITECTURES, default="resattn",
+                   help="the network (the README's fast-path table was measured with 'fixed')")
+    p.add_argument("--eager-and-fast", action="store_true",
+                   help="training: time only the eager path and --fast, not each part alone")
     p.add_argument("--combos", default="",
                    help="extra part combinations to time, ';'-separated, e.g. 'compile,bf16;bf16,channels_last'")
     p.add_argument("--json", default=None, help="also save every result to this JSON file")
@@ -273,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     if opts.quick:
         opts.steps, opts.warmup, opts.n_samples, opts.skip_epoch = 6, 3, 8, True
     fast = fastpath.recommended_parts(device)
-    print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, MNIST, fixed UNet, "
+    print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, MNIST, {opts.arch} UNet, "
           f"batch {opts.batch_size}; --fast on {device.type} = {fastpath.describe(fast)}")
     results: dict[str, Any] = {} if opts.sampling_only else dict(training=training_table(opts, fast))
     if not opts.skip_epoch and not opts.sampling_only:

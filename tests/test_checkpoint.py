@@ -18,6 +18,7 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
     ddpm = make()
     config = model_config("persian", ddpm)
     assert config == dict(dataset="persian", image_chw=[1, 64, 64], timesteps=20, beta_start=2e-4, beta_end=0.05,
+                          schedule="linear",
                           network=dict(n_steps=20, time_emb_dim=16, image_size=64, in_channels=1, arch="fixed"))
     path = tmp_path / "sub" / "ckpt.pt"
     save_checkpoint(path, ddpm, config, history=dict(train_loss=[1.0]), epoch=1)

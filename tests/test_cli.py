@@ -148,7 +148,7 @@ def test_ddim_sampling_and_evaluate(trained):
                      "--bpd-images", "3", "--data-root", "data", "--device", "cpu", cwd=work)
     assert result.returncode == 0, result.stderr
     report = json.loads((work / "runs" / "quality_mnist_ddim4_clip-clip.json").read_text())  # DDIM clips by default
-    assert report["steps"] == 4 and report["arch"] == "fixed"  # the default for new runs
+    assert report["steps"] == 4 and report["arch"] == "resattn"  # the default for new runs
     bound = report["likelihood_bound"]
     assert bound["n_images"] == 3 and bound["bits_per_dim"] > 0
     assert bound["bits_per_dim"] == pytest.approx(bound["prior_bpd"] + bound["diffusion_bpd"] + bound["decoder_bpd"])

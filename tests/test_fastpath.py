@@ -189,7 +189,7 @@ def test_cli_fast_parts(tmp_path, monkeypatch, caplog):
     ckpt = torch.load(tmp_path / "runs" / "ddpm_mnist.pt", weights_only=True)
     assert ckpt["train_args"]["fast_parts"] == ["bf16", "channels_last", "fused_adam", "tensor_data"]
     assert ckpt["optimizer"]["param_groups"][0]["fused"] is True
-    weight = ckpt["model"]["backward_process_model.conv_out.weight"]
+    weight = ckpt["model"]["backward_process_model.out.2.weight"]  # the last conv of the default resattn
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     history = json.loads((tmp_path / "runs" / "history_mnist.json").read_text())
     assert len(history["train_loss"]) == 1 and history["train_loss"][0] > 0

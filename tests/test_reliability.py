@@ -201,11 +201,11 @@ def test_a_second_signal_during_the_save_leaves_a_complete_checkpoint(work, monk
     real_step, real_save = checkpoint.TrainState.step, torch.save
     steps = {"n": 0}
 
-    def step_then_ctrl_c(self, x0, loss_fn):
+    def step_then_ctrl_c(self, x0, loss_fn, y=None):
         steps["n"] += 1
         if steps["n"] == 2:
             os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C, in batch 2 of epoch 1
-        return real_step(self, x0, loss_fn)
+        return real_step(self, x0, loss_fn, y)
 
     def save_with_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)  # the second one lands inside torch.save
@@ -228,7 +228,7 @@ def test_a_second_signal_during_the_save_leaves_a_complete_checkpoint(work, monk
 def test_resume_refuses_every_changed_setting(trained, capsys):
     line = one_error_line(run_cli("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY,
                                   "--arch", "paper", "--lr", "5e-4", "--timesteps", "30", cwd=trained))
-    assert "--arch paper (the run: fixed)" in line and "--lr 0.0005 (the run: 0.001)" in line
+    assert "--arch paper (the run: resattn)" in line and "--lr 0.0005 (the run: 0.001)" in line
     assert "--timesteps 30 (the run: 20)" in line
 
 

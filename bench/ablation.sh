@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Issue 11: the ablation behind the default recipe, at an equal budget of training time.
+# Usage: bench/ablation.sh [DATA_ROOT] [OUT] [N] [ROW...]        (rows: default all, in the order below)
+#
+# Every row trains with seed 0 for the epochs that 60 minutes of `--fast` training buy on this project's
+# 2-core CPU (epoch times measured there, validation included: 'paper'/'fixed' 104 s on MNIST, 'resattn'
+# 330 s (24 channels: 250 s); on Persian 'fixed' 180 s, 'resattn' 480 s), then --evaluate scores N samples of its EMA weights
+# (raw for the paper's recipe, which has none) with DPM-Solver++-20, and the paper's rows also with the
+# 1000-step sampler. The table: python bench/quality_table.py OUT/*/quality_*.json
+#
+# Environment: PYTHON; TRAIN_FLAGS (default --fast; on CUDA, for instance
+# "--fast-parts tensor_data,fused_adam,channels_last,bf16"); JOBS (rows run at once, default 1: on a
+# CPU run one at a time); TRAIN_TIMEOUT (seconds; a row stopped by it keeps its best epoch so far);
+# DEVICE (default auto); EVAL_FLAGS (more options of --evaluate); EPOCHS (every row's, for a smoke run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/data}
+OUT=${2:-runs/ablation}
+N=${3:-2000}
+shift $(( $# < 3 ? $# : 3 ))
+PY=${PYTHON:-python}
+TRAIN_FLAGS=${TRAIN_FLAGS:---fast}
+JOBS=${JOBS:-1}
+TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-0}
+DEVICE=${DEVICE:-auto}
+RES="--arch resattn"
+LRCOS="--lr-schedule cosine --warmup-steps 500"
+MINSNR="--loss-weighting min-snr"
+# name -> "dataset epochs flags..."
+declare -A ROWS=(
+  [paper]="mnist 34 --arch paper --ema-decay 0"
+  [fixed]="mnist 34 --arch fixed"
+  [resattn]="mnist 11 $RES"
+  [resattn_lrcos]="mnist 11 $RES $LRCOS"
+  [resattn_minsnr]="mnist 11 $RES $MINSNR"
+  [resattn_cosine]="mnist 11 $RES --schedule cosine"
+  [resattn_lrcos_minsnr]="mnist 11 $RES $LRCOS $MINSNR"
+  [resattn_all]="mnist 11 $RES $LRCOS $MINSNR --schedule cosine"
+  [fixed_lrcos_minsnr]="mnist 34 --arch fixed $LRCOS $MINSNR"
+  [resattn24_lrcos_minsnr]="mnist 14 $RES --channels 24 $LRCOS $MINSNR"
+  [persian_fixed]="persian 20 --arch fixed"
+  [persian_resattn]="persian 7 $RES $LRCOS $MINSNR"
+  [persian_resattn_cosine]="persian 7 $RES $LRCOS $MINSNR --schedule cosine"
+)
+ORDER=(paper fixed resattn resattn_lrcos resattn_minsnr resattn_cosine resattn_lrcos_minsnr resattn_all
+       fixed_lrcos_minsnr resattn24_lrcos_minsnr persian_fixed persian_resattn persian_resattn_cosine)
+SELECTED=(${*:-${ORDER[@]}})
+mkdir -p "$OUT"
+
+throttle() { while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done; }
+
+train() {  # train ROW unless its checkpoint is there
+  local name=$1 dataset epochs flags
+  read -r dataset epochs flags <<<"${ROWS[$name]}"
+  epochs=${EPOCHS:-$epochs}
+  [ -f "$OUT/$name/ddpm_$dataset.pt" ] && return 0
+  local limit=()
+  [ "$TRAIN_TIMEOUT" -gt 0 ] && limit=(timeout --signal=TERM "$TRAIN_TIMEOUT")
+  echo "$(date +%T) train $name: $dataset, $epochs epochs, $flags" >&2
+  # shellcheck disable=SC2086
+  "${limit[@]}" $PY main.py --dataset "$dataset" --train --epochs "$epochs" --seed 0 --device "$DEVICE" \
+    --data-root "$DATA" --out-dir "$OUT/$name" $TRAIN_FLAGS $flags >"$OUT/$name.train.log" 2>&1 \
+    || echo "$(date +%T) train $name stopped with exit code $?" >&2
+}
+
+evaluate() {  # score ROW's best checkpoint
+  local name=$1 dataset epochs flags
+  read -r dataset epochs flags <<<"${ROWS[$name]}"
+  [ -f "$OUT/$name/ddpm_$dataset.pt" ] || { echo "no checkpoint for $name" >&2; return 0; }
+  local samplers=("--sampler dpm++")
+  case $name in paper|fixed|persian_fixed) samplers+=("--sampler ddpm") ;; esac
+  for sampler in "${samplers[@]}"; do
+    echo "$(date +%T) evaluate $name $sampler" >&2
+    # shellcheck disable=SC2086
+    $PY main.py --evaluate --checkpoint "$OUT/$name/ddpm_$dataset.pt" --n-samples "$N" --seed 0 --quiet \
+      --device "$DEVICE" --data-root "$DATA" --judge-dir "$OUT/judges" --out-dir "$OUT/$name" $sampler ${EVAL_FLAGS:-} \
+      >>"$OUT/$name.eval.log" 2>&1 || echo "$(date +%T) evaluate $name failed" >&2
+  done
+}
+
+for name in "${SELECTED[@]}"; do
+  [ -n "${ROWS[$name]:-}" ] || { echo "unknown row $name; rows: ${ORDER[*]}" >&2; exit 2; }
+  throttle
+  train "$name" &
+done
+wait
+# The first row of each dataset trains its judge (cached in OUT/judges), both at once; then the others.
+declare -A judged=()
+for name in "${SELECTED[@]}"; do
+  read -r dataset _ <<<"${ROWS[$name]}"
+  [ -n "${judged[$dataset]:-}" ] && continue
+  judged[$dataset]=$name
+  evaluate "$name" &
+done
+wait
+for name in "${SELECTED[@]}"; do
+  read -r dataset _ <<<"${ROWS[$name]}"
+  [ "${judged[$dataset]}" = "$name" ] && continue
+  throttle
+  evaluate "$name" &
+done
+wait
+echo "$(date +%T) done: $PY bench/quality_table.py $OUT/*/quality_*.json" >&2

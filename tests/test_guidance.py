@@ -1,0 +1,164 @@
+"""Tests of class-conditional training and classifier-free guidance (issue 13)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from conftest import ROOT, read_gif
+from datagen import make_mnist
+from diffusion_model import DiffusionModel, diffusion_loss
+from unet import add_label, label_embedding, make_unet
+from utils import sample
+
+
+def _conditional(arch: str) -> nn.Module:
+    extra = dict(base_channels=8) if arch == "resattn" else {}
+    net = make_unet(arch=arch, n_steps=20, image_size=28, num_classes=10, **extra)
+    torch.manual_seed(1)
+    with torch.no_grad():  # move every weight off its initial value (the label table starts at zero)
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    return net.eval()
+
+
+@pytest.mark.parametrize("arch", ["paper", "fixed", "resattn"])
+def test_the_label_changes_the_output_and_no_label_is_one_token(arch):
+    net = _conditional(arch)
+    assert net.config["num_classes"] == 10
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([5, 5])
+    with torch.no_grad():
+        three, seven = net(x, t, torch.tensor([3, 3])), net(x, t, torch.tensor([7, 7]))
+        assert (three - seven).abs().max() > 1e-3  # kept: the output depends on the label
+        # dropped: "no label" (index 10) is what y=None means, whatever label the image had
+        assert torch.equal(net(x, t, torch.tensor([10, 10])), net(x, t))
+
+
+def test_unconditional_networks_are_unchanged_and_refuse_labels():
+    net = make_unet(arch="fixed", n_steps=20)
+    assert "num_classes" not in net.config and not any("label" in k for k in net.state_dict())
+    with pytest.raises(ValueError, match="not class-conditional"):
+        net(torch.randn(1, 1, 28, 28), torch.tensor([1]), torch.tensor([3]))
+    cond = label_embedding(10, 4)
+    with pytest.raises(ValueError, match="labels must lie in 0..10"):
+        add_label(torch.zeros(1, 4), cond, torch.tensor([11]))
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        add_label(torch.zeros(2, 4), cond, torch.tensor([1]))
+
+
+class SpyNet(nn.Module):
+    """Records the labels it was given; predicts zero noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = dict(num_classes=10, in_channels=1, image_size=2)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        self.seen.append(y.clone())
+        return torch.zeros_like(x)
+
+
+def test_the_label_drop_rate_is_honoured():
+    net = SpyNet()
+    ddpm = DiffusionModel(net, timesteps=10)
+    labels = torch.arange(20000) % 10
+    torch.manual_seed(0)
+    diffusion_loss(ddpm, torch.zeros(20000, 1, 2, 2), y=labels, label_drop=0.25)
+    seen = net.seen[-1]
+    dropped = seen == 10
+    assert abs(dropped.double().mean().item() - 0.25) < 0.01
+    assert torch.equal(seen[~dropped], labels[~dropped])  # the others keep their own label
+    diffusion_loss(ddpm, torch.zeros(100, 1, 2, 2), y=labels[:100], label_drop=0.0)
+    assert torch.equal(net.seen[-1], labels[:100])
+
+
+class TwoWayNet(nn.Module):
+    """A stand-in conditional predictor: 1 for the "no label" token, 3 for any real label."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = dict(num_classes=10, in_channels=1, image_size=2)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        value = torch.where(y == 10, 1.0, 3.0) if y is not None else torch.ones(len(x))
+        return value.reshape(-1, 1, 1, 1).expand_as(x).clone()
+
+
+@pytest.mark.parametrize("w, expected", [(0.0, 1.0), (1.0, 3.0), (2.0, 1.0 + 2.0 * (3.0 - 1.0)), (0.5, 2.0)])
+def test_guidance_arithmetic(w, expected):
+    ddpm = DiffusionModel(TwoWayNet(), timesteps=10)
+    x, t, y = torch.zeros(4, 1, 2, 2), torch.full((4,), 3), torch.tensor([0, 3, 7, 9])
+    assert torch.equal(ddpm.guided_backward(x, t, y, w), torch.full_like(x, expected))
+    assert torch.equal(ddpm.guided_backward(x, t, None, w), torch.ones_like(x))  # no labels: unconditional
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_every_sampler_takes_labels_and_guidance(sampler):
+    torch.manual_seed(0)
+    ddpm = DiffusionModel(_conditional("fixed"), timesteps=20)
+    steps = None if sampler == "ddpm" else 5
+    a = sample(ddpm, 3, "cpu", gif_name=None, seed=0, sampler=sampler, sample_steps=steps,
+               labels=torch.tensor([1, 2, 3]), guidance=2.0)
+    b = sample(ddpm, 3, "cpu", gif_name=None, seed=0, sampler=sampler, sample_steps=steps,
+               labels=torch.tensor([4, 5, 6]), guidance=2.0)
+    assert a.shape == (3, 1, 28, 28) and not torch.equal(a, b)
+    with pytest.raises(ValueError, match="one label per sample"):
+        sample(ddpm, 3, "cpu", gif_name=None, labels=torch.tensor([1, 2]))
+
+
+def _main(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_class_conditional_run_end_to_end(tmp_path):
+    make_mnist(tmp_path / "data", n_train=40, n_test=10)
+    common = ("--data-root", "data", "--quiet")
+    done = _main("--dataset", "mnist", "--train", "--class-cond", "--epochs", "1", "--channels", "8",
+                 "--batch-size", "20", *common, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = _main("--sample", "--digit", "3", "--gif", "three.gif", "--n-samples", "4", "--sampler", "dpm++",
+                 "--sample-steps", "4", "--frames-per-gif", "3", *common, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    frames, _ = read_gif(tmp_path / "three.gif")
+    assert frames[0].shape == (56, 56)  # 4 samples, 2x2
+    done = _main("--sample", "--n-samples", "20", "--sampler", "ddim", "--sample-steps", "3", *common,
+                 cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    grid = np.array(Image.open(tmp_path / "runs" / "samples_mnist.png"))
+    assert grid.shape == (10 * 28, 2 * 28)  # one row per digit, 2 per row
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["--sample", "--digit", "3"], 1, "--digit needs a class-conditional checkpoint"),
+    (["--sample", "--digit", "10"], 2, "argument --digit: must be digits 0-9"),
+    (["--sample", "--digit", "3,x"], 2, "argument --digit: must be digits 0-9"),
+    (["--sample", "--guidance", "-1"], 2, "argument --guidance: must be a finite number >= 0"),
+    (["--sample", "--guidance", "inf"], 2, "argument --guidance: must be a finite number >= 0"),
+    (["--train", "--class-cond", "--label-drop", "1"], 2, "argument --label-drop: must lie in \\[0, 1\\)"),
+    (["--train", "--class-cond", "--label-drop", "-0.1"], 2, "argument --label-drop: must lie in \\[0, 1\\)"),
+    (["--sample", "--class-cond"], 2, "--class-cond and --label-drop need --train"),
+])
+def test_bad_guidance_input_is_one_line_and_writes_nothing(tmp_path, argv, code, message):
+    if code == 1:  # an unconditional checkpoint to refuse
+        make_mnist(tmp_path / "data", n_train=12, n_test=4)
+        trained = _main("--dataset", "mnist", "--train", "--epochs", "1", "--arch", "fixed", "--timesteps", "10",
+                        "--data-root", "data", "--quiet", cwd=tmp_path)
+        assert trained.returncode == 0, trained.stderr
+    before = sorted(p.name for p in (tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
+    done = _main(*argv, cwd=tmp_path)
+    assert done.returncode == code
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("main.py: error:")
+    assert re.search(message, last)
+    after = sorted(p.name for p in (tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
+    assert after == before
