@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import main
 from conftest import ROOT, read_gif
 from datagen import make_mnist
 from diffusion_model import DiffusionModel, diffusion_loss
@@ -148,16 +149,21 @@ def test_class_conditional_run_end_to_end(tmp_path):
     (["--train", "--class-cond", "--label-drop", "-0.1"], 2, "argument --label-drop: must lie in \\[0, 1\\)"),
     (["--sample", "--class-cond"], 2, "--class-cond and --label-drop need --train"),
 ])
-def test_bad_guidance_input_is_one_line_and_writes_nothing(tmp_path, argv, code, message):
+def test_bad_guidance_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, code, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
     if code == 1:  # an unconditional checkpoint to refuse
         make_mnist(tmp_path / "data", n_train=12, n_test=4)
-        trained = _main("--dataset", "mnist", "--train", "--epochs", "1", "--arch", "fixed", "--timesteps", "10",
-                        "--data-root", "data", "--quiet", cwd=tmp_path)
-        assert trained.returncode == 0, trained.stderr
+        assert main.main(["--dataset", "mnist", "--train", "--epochs", "1", "--arch", "fixed", "--timesteps", "10",
+                          "--data-root", "data", "--quiet"]) == 0
+        capsys.readouterr()
     before = sorted(p.name for p in (tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
-    done = _main(*argv, cwd=tmp_path)
-    assert done.returncode == code
-    last = done.stderr.strip().splitlines()[-1]
+    try:
+        returned = main.main(argv)
+    except SystemExit as exc:  # argparse refuses before anything runs
+        returned = exc.code
+    assert returned == code
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("main.py: error:")
     assert re.search(message, last)
     after = sorted(p.name for p in (tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
