@@ -2,11 +2,14 @@
 # Issue 11: the ablation behind the default recipe, at an equal budget of training time.
 # Usage: bench/ablation.sh [DATA_ROOT] [OUT] [N] [ROW...]        (rows: default all, in the order below)
 #
-# Every row trains with seed 0 for the epochs that 60 minutes of `--fast` training buy on this project's
-# 2-core CPU (epoch times measured there, validation included: 'paper'/'fixed' 104 s on MNIST, 'resattn'
-# 330 s (24 channels: 250 s); on Persian 'fixed' 180 s, 'resattn' 480 s), then --evaluate scores N samples of its EMA weights
-# (raw for the paper's recipe, which has none) with DPM-Solver++-20, and the paper's rows also with the
-# 1000-step sampler. The table: python bench/quality_table.py OUT/*/quality_*.json
+# Every row trains with seed 0 for about the epochs that 60 minutes of `--fast` training buy on this
+# project's 2-core CPU, then --evaluate scores N samples of its EMA weights (raw for the paper's recipe,
+# which has none) with DPM-Solver++-20, and the paper's rows also with the 1000-step sampler.
+# Epoch times behind the budgets, validation included: measured, 'paper'/'fixed' 104 s on MNIST and
+# 'resattn' 290-298 s; estimated from training img/s, 'resattn --channels 24' about 250 s, Persian
+# 'fixed' about 180 s (the issue's 178-184 s) and Persian 'resattn' 480 s, which a later measurement
+# put at about 13 minutes (2.5 s a batch): its 7 epochs are about 90 minutes, and the package's Persian
+# default is 4. The table: python bench/quality_table.py OUT/*/quality_*.json
 #
 # Environment: PYTHON; TRAIN_FLAGS (default --fast; on CUDA, for instance
 # "--fast-parts tensor_data,fused_adam,channels_last,bf16"); JOBS (rows run at once, default 1: on a
