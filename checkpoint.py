@@ -132,6 +132,7 @@ RUN_SETTINGS = {
     "arch": ("--arch", lambda c: c["config"]["network"]["arch"]),
     "channels": ("--channels", lambda c: c["config"]["network"].get("base_channels")),
     "dropout": ("--dropout", lambda c: c["config"]["network"].get("dropout")),
+    "patch_size": ("--patch-size", lambda c: c["config"]["network"].get("patch_size", 1)),
     "timesteps": ("--timesteps", lambda c: c["config"]["timesteps"]),
     "schedule": ("--schedule", lambda c: c["config"].get("schedule", "linear")),
     "beta_start": ("--beta-start", lambda c: c["config"]["beta_start"]),

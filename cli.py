@@ -160,7 +160,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                             "blocks, GroupNorm, scale-shift time modulation, self-attention at the lowest "
                             "resolution; the default, as measured in the README)")
     model.add_argument("--channels", type=positive_int, default=None,
-                       help="'resattn': channels at full resolution (default 32; doubled at lower resolutions)")
+                       help="'resattn': channels at full resolution (default: 32 at 28x28, 48 at 64x64; "
+                            "doubled at lower resolutions)")
+    model.add_argument("--patch-size", type=positive_int, default=None,
+                       help="'resattn': the network works on a grid of P x P pixel patches (default: 1 at 28x28, "
+                            "4 at 64x64, as measured in the README)")
     model.add_argument("--dropout", type=unit_interval, default=None, help="'resattn': dropout in each residual "
                        "block (default 0)")
     model.add_argument("--schedule", choices=BETA_SCHEDULES, default="linear",
@@ -279,8 +283,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--beta-end ({args.beta_end}) must be larger than --beta-start ({args.beta_start})")
     if not 0.0 <= args.ema_decay < 1.0:
         parser.error(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
-    if args.arch in PAPER_ARCHITECTURES and (args.channels is not None or args.dropout is not None):
-        parser.error(f"--channels and --dropout need --arch resattn (the '{args.arch}' UNet is fixed)")
+    if args.arch in PAPER_ARCHITECTURES and not all(v is None for v in (args.channels, args.dropout,
+                                                                         args.patch_size)):
+        parser.error(f"--channels, --dropout and --patch-size need --arch resattn (the '{args.arch}' UNet is fixed)")
     if args.warmup_steps and args.lr_schedule != "cosine":
         parser.error("--warmup-steps needs --lr-schedule cosine")
     if args.warmup_steps is None:

@@ -48,7 +48,7 @@ from files import OutputError, RunLock, ensure_writable, remove_orphans, writabl
 from likelihood import bits_per_dim
 from recipe import make_scheduler
 from quality import N_CLASSES, format_table, judge_outputs, load_or_train_judge, requested_digit_accuracy, score
-from unet import PAPER_ARCHITECTURES, make_unet
+from unet import DEFAULT_BASE_CHANNELS, DEFAULT_PATCH_SIZE, PAPER_ARCHITECTURES, make_unet
 from utils import DEFAULT_CLIP_X0, StopRequest, TrainingDiverged, TrainingInterrupted, sample, sampling_steps
 from utils import training_loop
 
@@ -215,12 +215,16 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
 def new_model(args: argparse.Namespace, device: torch.device) -> DiffusionModel:
     """A fresh DDPM for --dataset with the CLI's schedule and network options."""
     size = IMAGE_SIZES[args.dataset]
-    extra = {} if args.arch in PAPER_ARCHITECTURES else dict(base_channels=args.channels or 32,
-                                                              dropout=args.dropout or 0.0)
+    extra = {} if args.arch in PAPER_ARCHITECTURES else dict(
+        base_channels=args.channels or DEFAULT_BASE_CHANNELS[size], dropout=args.dropout or 0.0,
+        patch_size=args.patch_size or DEFAULT_PATCH_SIZE[size])
     if args.class_cond:
         extra["num_classes"] = N_CLASSES
-    net = make_unet(n_steps=args.timesteps, time_emb_dim=args.time_emb_dim, image_size=size, arch=args.arch,
-                    **extra)
+    try:
+        net = make_unet(n_steps=args.timesteps, time_emb_dim=args.time_emb_dim, image_size=size, arch=args.arch,
+                        **extra)
+    except ValueError as exc:  # e.g. a --patch-size that does not tile the image
+        raise UsageError(f"{args.dataset} ({size}x{size}): {exc}") from None
     ddpm = DiffusionModel(net, args.beta_start, args.beta_end, args.timesteps, device=device,
                           schedule=args.schedule)
     alpha_bar_T = ddpm.alpha_bars[-1].item()

@@ -41,8 +41,12 @@ from torch import nn
 SUPPORTED_IMAGE_SIZES = (28, 64)
 ARCHITECTURES = ("paper", "fixed", "resattn")
 PAPER_ARCHITECTURES = ("paper", "fixed")  # MyUNet; "resattn" is ResAttnUNet
-# ResAttnUNet's channel multipliers per resolution: 28 -> 14 -> 7 and 64 -> 32 -> 16 -> 8.
-DEFAULT_CHANNEL_MULTS = {28: (1, 2, 2), 64: (1, 2, 2, 2)}
+# ResAttnUNet's channel multipliers per resolution of its grid (the image size over the patch size):
+# 28 -> 14 -> 7, 16 -> 8 -> 4 (a 64x64 image in 4x4 patches), 32 -> 16 -> 8 and 64 -> 32 -> 16 -> 8.
+DEFAULT_CHANNEL_MULTS = {28: (1, 2, 2), 16: (1, 2, 2), 32: (1, 2, 2), 64: (1, 2, 2, 2)}
+# The CLI's ResAttnUNet per image size: 64x64 images in 4x4 patches, 48 channels (README, issue 16).
+DEFAULT_PATCH_SIZE = {28: 1, 64: 4}
+DEFAULT_BASE_CHANNELS = {28: 32, 64: 48}
 
 
 def sinusoidal_embedding(n: int, d: int) -> torch.Tensor:
@@ -335,6 +339,11 @@ class ResAttnUNet(nn.Module):
     level (``channel_mults``, default ``DEFAULT_CHANNEL_MULTS``); stride-2
     convolutions down, nearest-neighbour upsampling plus a conv up;
     ``SelfAttention`` at the lowest resolution (7x7 or 8x8), also in the middle.
+    With ``patch_size`` p > 1 the network works on a grid of p x p patches: the
+    image enters through ``pixel_unshuffle`` (each patch's p*p pixels become
+    channels) and the noise leaves through ``pixel_shuffle``. A 64x64 image in 2x2
+    patches costs about as much as a 32x32 one, and each layer sees twice as far
+    in pixels (README: issue 16).
     The time step enters as in the paper, the frozen sinusoidal table of Eq. 10-11,
     then one ``_make_te`` MLP to a ``4 * base_channels`` embedding shared by every block.
 
@@ -354,15 +363,21 @@ class ResAttnUNet(nn.Module):
         blocks: int = 1,
         dropout: float = 0.0,
         num_classes: int = 0,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
         if arch != "resattn":
             raise ValueError(f"ResAttnUNet is arch 'resattn', got {arch!r}")
         if image_size not in SUPPORTED_IMAGE_SIZES:
             raise ValueError(f"ResAttnUNet supports image sizes {SUPPORTED_IMAGE_SIZES}, got {image_size}")
-        mults = tuple(channel_mults or DEFAULT_CHANNEL_MULTS[image_size])
-        if image_size % 2 ** (len(mults) - 1):
-            raise ValueError(f"{len(mults) - 1} halvings do not divide image size {image_size}")
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 \
+                or image_size % patch_size:
+            raise ValueError(f"patch_size must be a positive divisor of image size {image_size}, got {patch_size!r}")
+        grid = image_size // patch_size
+        mults = tuple(channel_mults or DEFAULT_CHANNEL_MULTS.get(grid, DEFAULT_CHANNEL_MULTS[image_size]))
+        if grid % 2 ** (len(mults) - 1):
+            raise ValueError(f"{len(mults) - 1} halvings do not divide the {grid}x{grid} grid of "
+                             f"{image_size}x{image_size} images in {patch_size}x{patch_size} patches")
         if min(n_steps, time_emb_dim, in_channels, base_channels, blocks, *mults) < 1 or not 0 <= dropout < 1:
             raise ValueError("ResAttnUNet needs positive sizes and 0 <= dropout < 1")
         self.config = dict(n_steps=n_steps, time_emb_dim=time_emb_dim, image_size=image_size,
@@ -370,11 +385,15 @@ class ResAttnUNet(nn.Module):
                            channel_mults=list(mults), blocks=blocks, dropout=dropout)
         if num_classes:
             self.config["num_classes"] = num_classes
+        if patch_size > 1:  # (only then: checkpoints written before the option rebuild unchanged)
+            self.config["patch_size"] = patch_size
+        self.patch_size = patch_size
         self.label_embed = label_embedding(num_classes, time_emb_dim)
         emb_dim = 4 * base_channels
         self.time_embed = time_table(n_steps, time_emb_dim)
         self.te = MyUNet._make_te(time_emb_dim, emb_dim)
-        self.stem = nn.Conv2d(in_channels, base_channels, 3, 1, 1)
+        patch_channels = in_channels * patch_size**2
+        self.stem = nn.Conv2d(patch_channels, base_channels, 3, 1, 1)
 
         widths = [base_channels * m for m in mults]
         self.down = nn.ModuleList()
@@ -400,7 +419,7 @@ class ResAttnUNet(nn.Module):
             c = widths[level - 1] if level > 0 else c
         self.attn_down = SelfAttention(widths[-1])
         self.attn_up = SelfAttention(widths[-1])
-        self.out = nn.Sequential(_group_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, 1, 1))
+        self.out = nn.Sequential(_group_norm(c), nn.SiLU(), nn.Conv2d(c, patch_channels, 3, 1, 1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
@@ -409,7 +428,7 @@ class ResAttnUNet(nn.Module):
         if t.shape[0] != x.shape[0]:
             raise ValueError(f"ResAttnUNet got {x.shape[0]} images but {t.shape[0]} time steps")
         emb = self.te(add_label(self.time_embed(t.long()), self.label_embed, y))
-        h = self.stem(x)
+        h = self.stem(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
         skips = []
         lowest = len(self.down) - 1
         for level, (blocks, down) in enumerate(zip(self.down, self.downsample)):
@@ -428,7 +447,8 @@ class ResAttnUNet(nn.Module):
                 h = self.attn_up(h)
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.out(h)
+        out = self.out(h)
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
 
 
 def make_unet(**config) -> nn.Module:

@@ -3,7 +3,8 @@
     python bench/bench_speed.py --data-root ../shared/data            # the full benchmark (~15 min on 2 cores)
     python bench/bench_speed.py --data-root ../shared/data --quick    # a smoke run (~3 min)
 
-Prints, for MNIST and one network (``--arch``, default: the package's default 'resattn') at batch 128:
+Prints, for MNIST (``--dataset``) and one network (``--arch``, default: the package's default 'resattn', with the
+CLI's default ``--channels`` and ``--patch-size`` for the dataset's image size) at batch 128:
 
 1. Training images/s of the paper's fp32 eager path, of each fast-path part
    alone (``fastpath.PARTS``) and of ``--fast`` (the parts kept), over the
@@ -45,10 +46,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import fastpath  # noqa: E402
-from Dataset import get_data_loaders  # noqa: E402
+from Dataset import IMAGE_SIZES, get_data_loaders  # noqa: E402
 from diffusion_model import DiffusionModel  # noqa: E402
 from ema import EMA  # noqa: E402
-from unet import ARCHITECTURES, make_unet  # noqa: E402
+from unet import ARCHITECTURES, DEFAULT_BASE_CHANNELS, DEFAULT_PATCH_SIZE, PAPER_ARCHITECTURES, make_unet  # noqa: E402
 from checkpoint import TrainState  # noqa: E402
 from distributed import resolve_device  # noqa: E402
 from utils import evaluate, sample  # noqa: E402
@@ -84,16 +85,20 @@ def sync(device: torch.device) -> None:
 # --------------------------------------------------------------------------- one measurement (child process)
 
 
-def build(seed: int, device: torch.device, arch: str) -> DiffusionModel:
+def build(seed: int, device: torch.device, opts: argparse.Namespace) -> DiffusionModel:
+    """A fresh seeded model for ``opts.dataset`` and ``opts.arch`` with the CLI's default sizes."""
     torch.manual_seed(seed)
-    return DiffusionModel(make_unet(image_size=28, arch=arch), device=device)
+    size = IMAGE_SIZES[opts.dataset]
+    extra = {} if opts.arch in PAPER_ARCHITECTURES else dict(base_channels=opts.channels or DEFAULT_BASE_CHANNELS[size],
+                                                              patch_size=opts.patch_size or DEFAULT_PATCH_SIZE[size])
+    return DiffusionModel(make_unet(image_size=size, arch=opts.arch, **extra), device=device)
 
 
 def train_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Train from a fresh seeded model with the parts in ``opts.parts``; time steps after the warm-up."""
     parts = fastpath.parse_parts(opts.parts)
-    ddpm = fastpath.prepare_model(build(opts.seed, device, opts.arch), parts)
-    train_loader, val_loader = get_data_loaders("mnist", opts.batch_size, opts.data_root, seed=opts.seed,
+    ddpm = fastpath.prepare_model(build(opts.seed, device, opts), parts)
+    train_loader, val_loader = get_data_loaders(opts.dataset, opts.batch_size, opts.data_root, seed=opts.seed,
                                                 device=device, download=False)
     stack_start = time.perf_counter()
     if "tensor_data" in parts:
@@ -133,7 +138,7 @@ def train_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
 def sample_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Draw ``opts.n_samples`` images with the sampler in ``opts.sampler`` from a fresh model."""
-    ddpm = build(opts.seed, device, opts.arch).eval()
+    ddpm = build(opts.seed, device, opts).eval()
     steps = opts.sample_steps if opts.sampler != "ddpm" else None
     # Warm the kernels at this batch size (2 DDIM steps), so neither sampler pays their set-up.
     sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler="ddim", sample_steps=2, gif_name=None)
@@ -154,7 +159,10 @@ def child(opts: argparse.Namespace, **kwargs: Any) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; return its JSON result."""
     argv = [sys.executable, __file__, "--child", "--data-root", opts.data_root, "--device", opts.device,
             "--seed", str(opts.seed), "--batch-size", str(opts.batch_size), "--steps", str(opts.steps),
-            "--warmup", str(opts.warmup), "--n-samples", str(opts.n_samples), "--arch", opts.arch]
+            "--warmup", str(opts.warmup), "--n-samples", str(opts.n_samples), "--arch", opts.arch,
+            "--dataset", opts.dataset]
+    argv += ["--channels", str(opts.channels)] if opts.channels else []
+    argv += ["--patch-size", str(opts.patch_size)] if opts.patch_size else []
     for key, value in kwargs.items():
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
@@ -254,6 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: few steps, no whole epoch, 8 samples")
     p.add_argument("--skip-epoch", action="store_true", help="skip the whole-epoch comparison")
     p.add_argument("--sampling-only", action="store_true", help="measure the samplers alone")
+    p.add_argument("--skip-sampling", action="store_true", help="skip the samplers")
+    p.add_argument("--dataset", choices=tuple(IMAGE_SIZES), default="mnist", help="the data and image size")
+    p.add_argument("--channels", type=int, default=None, help="'resattn': --channels (default: the CLI's)")
+    p.add_argument("--patch-size", type=int, default=None, help="'resattn': --patch-size (default: the CLI's)")
     p.add_argument("--arch", choices=ARCHITECTURES, default="resattn",
                    help="the network (the README's fast-path table was measured with 'fixed')")
     p.add_argument("--eager-and-fast", action="store_true",
@@ -278,12 +290,15 @@ def main(argv: list[str] | None = None) -> None:
     if opts.quick:
         opts.steps, opts.warmup, opts.n_samples, opts.skip_epoch = 6, 3, 8, True
     fast = fastpath.recommended_parts(device)
-    print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, MNIST, {opts.arch} UNet, "
-          f"batch {opts.batch_size}; --fast on {device.type} = {fastpath.describe(fast)}")
+    net = build(opts.seed, torch.device("cpu"), opts).backward_process_model
+    print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, {opts.dataset}, "
+          f"{opts.arch} UNet {net.config}, batch {opts.batch_size}; "
+          f"--fast on {device.type} = {fastpath.describe(fast)}")
     results: dict[str, Any] = {} if opts.sampling_only else dict(training=training_table(opts, fast))
     if not opts.skip_epoch and not opts.sampling_only:
         results["epoch"] = first_epoch_comparison(opts, fast)
-    results["sampling"] = sampling_table(opts)
+    if not opts.skip_sampling:
+        results["sampling"] = sampling_table(opts)
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=1))
 

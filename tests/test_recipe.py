@@ -19,10 +19,10 @@ from utils import sample
 # --------------------------------------------------------------------------- the network
 
 
-@pytest.mark.parametrize("size", [28, 64])
+@pytest.mark.parametrize("size, patch", [(28, 1), (64, 1), (64, 2), (64, 4)])
 @pytest.mark.parametrize("batch", [1, 7])
-def test_resattn_output_shape_equals_input_shape(size, batch):
-    net = ResAttnUNet(n_steps=50, image_size=size, base_channels=8)
+def test_resattn_output_shape_equals_input_shape(size, patch, batch):
+    net = ResAttnUNet(n_steps=50, image_size=size, base_channels=8, patch_size=patch)
     x = torch.randn(batch, 1, size, size)
     with torch.no_grad():
         assert net(x, torch.randint(0, 50, (batch,))).shape == x.shape
@@ -39,11 +39,12 @@ def _perturbed(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def test_resattn_sees_brightness_and_contrast():
+@pytest.mark.parametrize("size, patch", [(28, 1), (64, 4)])
+def test_resattn_sees_brightness_and_contrast(size, patch):
     """Unlike the paper's network (test_unet), the output changes under x -> a*x + b."""
-    net = _perturbed(ResAttnUNet(n_steps=20, image_size=28, base_channels=8)).eval()
+    net = _perturbed(ResAttnUNet(n_steps=20, image_size=size, base_channels=8, patch_size=patch)).eval()
     torch.manual_seed(0)
-    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 7, 19])
+    x, t = torch.randn(3, 1, size, size), torch.tensor([0, 7, 19])
     with torch.no_grad():
         out, moved = net(x, t), net(2.0 * x + 0.5, t)
     assert (out - moved).abs().max() > 1e-2
@@ -59,10 +60,15 @@ def test_resattn_starts_as_zero_prediction_and_depends_on_time():
         assert not torch.allclose(net(x, torch.tensor([3, 3])), net(x, torch.tensor([15, 15])))
 
 
-def test_resattn_training_lowers_the_loss():
+@pytest.mark.parametrize("size, patch, channels", [(28, 1, 8), (64, 4, 16)])
+def test_resattn_training_lowers_the_loss(size, patch, channels):
+    """40 Adam steps on 16 smooth images (as digits are) lower the held-out loss by 30%. The 4x4-patch network
+    needs at least as many channels as a patch has pixels (16), as its default (48) has."""
     torch.manual_seed(0)
-    x0 = torch.rand(16, 1, 28, 28) * 2 - 1
-    ddpm = DiffusionModel(ResAttnUNet(n_steps=50, image_size=28, base_channels=8), timesteps=50)
+    x0 = torch.nn.functional.interpolate(torch.rand(16, 1, size // 4, size // 4) * 2 - 1, size=size,
+                                         mode="bilinear")
+    ddpm = DiffusionModel(ResAttnUNet(n_steps=50, image_size=size, base_channels=channels, patch_size=patch),
+                          timesteps=50)
     optim = torch.optim.Adam(ddpm.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)
 
@@ -95,6 +101,34 @@ def test_make_unet_rebuilds_each_architecture_and_refuses_bad_ones():
         ResAttnUNet(image_size=28, channel_mults=(1, 2, 2, 2))
     with pytest.raises(ValueError, match="arch must be one of"):
         MyUNet(arch="resattn")
+    with pytest.raises(ValueError, match="patch_size must be a positive divisor of image size 64, got 3"):
+        ResAttnUNet(image_size=64, patch_size=3)
+    with pytest.raises(ValueError, match="2 halvings do not divide the 14x14 grid of 28x28 images in 2x2 patches"):
+        ResAttnUNet(image_size=28, patch_size=2)
+
+
+def test_patches_are_pixel_blocks_and_only_recorded_when_used():
+    """Patch size 4: the grid is 16x16 (64 / 4), each cell's 16 pixels are its input channels, in
+    ``pixel_unshuffle``'s order, and the output goes back through ``pixel_shuffle`` to the same pixels."""
+    net = ResAttnUNet(n_steps=10, image_size=64, base_channels=8, patch_size=4)
+    assert net.config["patch_size"] == 4 and net.config["channel_mults"] == [1, 2, 2]  # 16 -> 8 -> 4
+    assert net.stem.in_channels == 16 and net.out[-1].out_channels == 16
+    assert "patch_size" not in ResAttnUNet(n_steps=10, image_size=28, base_channels=8).config
+    x = torch.zeros(1, 1, 64, 64)
+    x[0, 0, 4 * 2 + 1, 4 * 5 + 3] = 1.0  # the pixel at row 1, column 3 of the patch in grid cell (2, 5)
+    cells = torch.nn.functional.pixel_unshuffle(x, 4)
+    assert cells.shape == (1, 16, 16, 16) and cells[0, 1 * 4 + 3, 2, 5] == 1.0 and cells.sum() == 1.0
+    seen = {}
+
+    def keep_input(module, inputs, output) -> None:
+        seen["in"] = inputs[0]
+
+    net.stem.register_forward_hook(keep_input)
+    with torch.no_grad():
+        net.out[-1].bias.copy_(torch.arange(16.0))  # output channel k is the constant k
+        out = net(x, torch.tensor([3]))
+    assert torch.equal(seen["in"], cells)
+    assert out[0, 0, 4 * 2 + 1, 4 * 5 + 3] == 1 * 4 + 3 and out[0, 0, 0, 0] == 0 and out[0, 0, 63, 63] == 15
 
 
 @pytest.mark.parametrize("arch", ["paper", "fixed"])
@@ -240,8 +274,10 @@ class ZeroParamNet(torch.nn.Module):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--train", "--arch", "fixed", "--channels", "16"], "--channels and --dropout need --arch resattn"),
-    (["--train", "--arch", "paper", "--dropout", "0.1"], "--channels and --dropout need --arch resattn"),
+    (["--train", "--arch", "fixed", "--channels", "16"], "--channels, --dropout and --patch-size need --arch resattn"),
+    (["--train", "--arch", "paper", "--dropout", "0.1"], "--channels, --dropout and --patch-size need --arch resattn"),
+    (["--train", "--arch", "paper", "--patch-size", "2"], "--channels, --dropout and --patch-size need --arch"),
+    (["--train", "--patch-size", "0"], "argument --patch-size"),
     (["--train", "--dropout", "1.5"], "must lie in \\[0, 1\\)"),
     (["--train", "--lr-schedule", "step", "--warmup-steps", "10"], "--warmup-steps needs --lr-schedule cosine"),
     (["--train", "--snr-gamma", "0"], "must be a finite positive number"),
@@ -260,3 +296,45 @@ def test_build_model_reads_the_recipe_from_the_config():
     rebuilt = build_model(model_config("mnist", ddpm))
     assert rebuilt.schedule == "cosine" and type(rebuilt.backward_process_model) is ResAttnUNet
     assert torch.equal(rebuilt.betas, ddpm.betas)
+
+
+# --------------------------------------------------------------------------- the 64x64 default (issue 16)
+
+
+def test_the_cli_builds_each_datasets_default_network():
+    import main
+
+    persian = main.new_model(parse_args(["--dataset", "persian", "--train", "--device", "cpu"]), torch.device("cpu"))
+    config = persian.backward_process_model.config
+    assert (config["image_size"], config["patch_size"], config["base_channels"], config["channel_mults"]) == \
+        (64, 4, 48, [1, 2, 2])
+    mnist = main.new_model(parse_args(["--dataset", "mnist", "--train", "--device", "cpu"]), torch.device("cpu"))
+    config = mnist.backward_process_model.config
+    assert "patch_size" not in config and (config["base_channels"], config["channel_mults"]) == (32, [1, 2, 2])
+    chosen = main.new_model(parse_args(["--dataset", "persian", "--train", "--patch-size", "2", "--channels", "8"]),
+                            torch.device("cpu"))
+    assert chosen.backward_process_model.config["patch_size"] == 2
+
+
+def test_a_tiny_persian_run_with_the_default_network_trains_and_samples(tmp_path, monkeypatch, capsys):
+    """The default 64x64 network end to end: train on a tiny zip, then ``--sample`` with no other flag."""
+    import main
+    from datagen import persian_members, write_zip
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    (tmp_path / "data").mkdir()
+    write_zip(tmp_path / "data" / "persian_digits.zip", persian_members(40))
+    assert main.main(["--dataset", "persian", "--train", "--epochs", "2", "--batch-size", "10", "--timesteps", "20",
+                      "--data-root", "data", "--quiet"]) == 0
+    ckpt = load_checkpoint(tmp_path / "runs" / "ddpm_persian.pt")[1]
+    assert ckpt["config"]["network"]["patch_size"] == 4 and len(ckpt["history"]["train_loss"]) == 2
+    assert main.main(["--sample", "--data-root", "data", "--quiet"]) == 0
+    from PIL import Image
+    assert Image.open(tmp_path / "runs" / "samples_persian.png").size == (4 * 64, 4 * 64)  # 16 samples, 4x4
+    assert main.main(["--dataset", "persian", "--train", "--patch-size", "3", "--out-dir", "other",
+                      "--data-root", "data", "--quiet"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "main.py: error: persian (64x64): patch_size must be a positive divisor of image size 64, got 3"
+    written = [p.name for p in (tmp_path / "other").iterdir()]
+    assert written == [".train.lock"]  # (the folder is made writable and locked before the network is built)
