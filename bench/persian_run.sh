@@ -3,8 +3,9 @@
 # Usage: bench/persian_run.sh [DATA_ROOT] [OUT] [N]
 #   1. trains `python main.py --dataset persian --train --fast` (the default recipe; skipped when OUT holds the
 #      checkpoint), copying the run's _last checkpoint to OUT/epochs/ each time it is rewritten (once an epoch);
-#   2. bench/persian_diagnosis.py on every snapshot (loss per time-step bucket, receptive field, brightness and
-#      the mostly-white / blank shares of 200 DPM-Solver++-20 samples: the per-epoch columns of the README);
+#   2. bench/persian_diagnosis.py on the snapshots of epochs 1, 2, 4, 8, ... and the last (loss per time-step
+#      bucket, receptive field, brightness and the mostly-white / blank shares of 200 DPM-Solver++-20 samples:
+#      the per-epoch rows of the README);
 #   3. --evaluate of the best checkpoint on N samples (DPM-Solver++-20 and -40, EMA, seed 0), floor beside it.
 # About an hour on 2 CPU cores; not a test.
 set -euo pipefail
@@ -29,7 +30,11 @@ if [ ! -f "$OUT/ddpm_persian.pt" ]; then
   done
   wait "$trainer"
 fi
-$PY bench/persian_diagnosis.py --data-root "$DATA" --n-samples 200 --val-images 500 "$OUT"/epochs/snapshot_*.pt
+snapshots=$(ls "$OUT"/epochs/snapshot_*.pt)
+last=$(echo "$snapshots" | tail -1)
+chosen=$(for k in 1 2 4 8 16 32 64; do printf '%s/epochs/snapshot_%02d.pt\n' "$OUT" "$k"; done | grep -Fx "$snapshots" || true)
+$PY bench/persian_diagnosis.py --data-root "$DATA" --n-samples 200 --val-images 300 \
+  $(printf '%s\n' $chosen "$last" | sort -u)
 for steps in 20 40; do
   $PY main.py --evaluate --checkpoint "$OUT/ddpm_persian.pt" --sampler dpm++ --sample-steps "$steps" \
     --n-samples "$N" --seed 0 --data-root "$DATA" --judge-dir "$OUT/judges" --out-dir "$OUT" --quiet
