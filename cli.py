@@ -23,7 +23,7 @@ from utils import DEFAULT_CLIP_X0, DEFAULT_SAMPLE_STEPS, SAMPLERS
 DEFAULT_DATASET = "mnist"
 # --epochs by dataset: what trains in about an hour on this project's 2-core CPU with --fast and the
 # default network (README, "Results of real runs").
-DEFAULT_EPOCHS = {"mnist": 11, "persian": 4}
+DEFAULT_EPOCHS = {"mnist": 11, "persian": 20}
 # Classifier-free guidance weight of --sample and --evaluate (README: "Ask for a digit").
 DEFAULT_GUIDANCE = 2.0
 
@@ -176,7 +176,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=positive_int, default=None,
                        help="training epochs (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
-                            + ", about an hour each on 2 CPU cores with --fast)")
+                            + "; about 55 and 45 minutes on 2 CPU cores with --fast)")
     train.add_argument("--batch-size", type=positive_int, default=128,
                        help="images per batch and per process (under torchrun the global batch is "
                             "this times the number of processes)")
