@@ -24,8 +24,9 @@ DEFAULT_DATASET = "mnist"
 # --epochs by dataset: what trains in about an hour on this project's 2-core CPU with --fast and the
 # default network (README, "Results of real runs").
 DEFAULT_EPOCHS = {"mnist": 11, "persian": 20}
-# Classifier-free guidance weight of --sample and --evaluate (README: "Ask for a digit").
-DEFAULT_GUIDANCE = 2.0
+# Classifier-free guidance weight of --sample and --evaluate, as measured on MNIST (README: "MNIST,
+# class-conditional"): 1.5 asks for the digit with 97.7% success at the unconditional model's Frechet distance.
+DEFAULT_GUIDANCE = 1.5
 
 
 class DefaultsOnceFormatter(argparse.HelpFormatter):
@@ -248,7 +249,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                            "it, one row per digit")
     samp.add_argument("--guidance", type=non_negative_float, default=DEFAULT_GUIDANCE,
                       help="class-conditional checkpoints: classifier-free guidance weight W, "
-                           "eps_uncond + W (eps_cond - eps_uncond): 0 unconditional, 1 conditional")
+                           "eps_uncond + W (eps_cond - eps_uncond): 0 unconditional, 1 conditional (default "
+                           "1.5, as measured in the README)")
     samp.add_argument("--no-ema", action="store_true",
                       help="sample with the raw weights even when the checkpoint has EMA weights")
     samp.add_argument("--judge-dir", default=None,
