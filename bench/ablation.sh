@@ -29,6 +29,7 @@ DEVICE=${DEVICE:-auto}
 RES="--arch resattn"
 LRCOS="--lr-schedule cosine --warmup-steps 500"
 MINSNR="--loss-weighting min-snr"
+FULLRES="$RES --patch-size 1 --channels 32"  # the README's Persian rows: full 64x64 resolution (not today's 4x4 patches)
 # name -> "dataset epochs flags..."
 declare -A ROWS=(
   [paper]="mnist 34 --arch paper --ema-decay 0"
@@ -42,8 +43,8 @@ declare -A ROWS=(
   [fixed_lrcos_minsnr]="mnist 34 --arch fixed $LRCOS $MINSNR"
   [resattn24_lrcos_minsnr]="mnist 14 $RES --channels 24 $LRCOS $MINSNR"
   [persian_fixed]="persian 20 --arch fixed"
-  [persian_resattn]="persian 7 $RES $LRCOS $MINSNR"
-  [persian_resattn_cosine]="persian 7 $RES $LRCOS $MINSNR --schedule cosine"
+  [persian_resattn]="persian 7 $FULLRES $LRCOS $MINSNR"
+  [persian_resattn_cosine]="persian 7 $FULLRES $LRCOS $MINSNR --schedule cosine"
 )
 ORDER=(paper fixed resattn resattn_lrcos resattn_minsnr resattn_cosine resattn_lrcos_minsnr resattn_all
        fixed_lrcos_minsnr resattn24_lrcos_minsnr persian_fixed persian_resattn persian_resattn_cosine)
