@@ -48,7 +48,7 @@ def model_config(dataset: str, ddpm: DiffusionModel) -> dict[str, Any]:
     net_cfg = getattr(ddpm.backward_process_model, "config", None)
     if net_cfg is None:
         raise TypeError("only networks with a config (MyUNet, ResAttnUNet) can be checkpointed")
-    return dict(
+    config = dict(
         dataset=dataset,
         image_chw=list(ddpm.image_chw),
         timesteps=ddpm.timesteps,
@@ -57,6 +57,9 @@ def model_config(dataset: str, ddpm: DiffusionModel) -> dict[str, Any]:
         schedule=ddpm.schedule,
         network=dict(net_cfg),
     )
+    if ddpm.prediction != "eps":  # recorded only when not the paper's, so eps configs stay as they were
+        config["prediction"] = ddpm.prediction
+    return config
 
 
 def build_model(config: dict[str, Any], device: torch.device | str | None = None) -> DiffusionModel:
@@ -70,6 +73,7 @@ def build_model(config: dict[str, Any], device: torch.device | str | None = None
         image_chw=tuple(config["image_chw"]),
         device=device,
         schedule=config.get("schedule", "linear"),  # checkpoints before the cosine schedule: linear
+        prediction=config.get("prediction", "eps"),
     )
 
 
@@ -135,6 +139,7 @@ RUN_SETTINGS = {
     "patch_size": ("--patch-size", lambda c: c["config"]["network"].get("patch_size", 1)),
     "timesteps": ("--timesteps", lambda c: c["config"]["timesteps"]),
     "schedule": ("--schedule", lambda c: c["config"].get("schedule", "linear")),
+    "prediction": ("--prediction", lambda c: c["config"].get("prediction", "eps")),
     "beta_start": ("--beta-start", lambda c: c["config"]["beta_start"]),
     "beta_end": ("--beta-end", lambda c: c["config"]["beta_end"]),
     "time_emb_dim": ("--time-emb-dim", lambda c: c["config"]["network"]["time_emb_dim"]),

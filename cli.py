@@ -12,7 +12,7 @@ import math
 from typing import Sequence
 
 from Dataset import DATASETS
-from diffusion_model import BETA_SCHEDULES, CLIP_MODES, STEP_SCHEDULES, VARIANCES
+from diffusion_model import BETA_SCHEDULES, CLIP_MODES, PREDICTIONS, STEP_SCHEDULES, VARIANCES
 from fastpath import PARTS, RECOMMENDED, describe, parse_parts
 from figures import DISPLAY_MODES
 from recipe import LOSS_WEIGHTINGS, LR_SCHEDULES
@@ -24,6 +24,7 @@ DEFAULT_DATASET = "mnist"
 # --epochs by dataset: what trains in about an hour on this project's 2-core CPU with --fast and the
 # default network (README, "Results of real runs").
 DEFAULT_EPOCHS = {"mnist": 11, "persian": 20}
+DEFAULT_PREDICTION = {"mnist": "eps", "persian": "eps"}
 # Classifier-free guidance weight of --sample and --evaluate, as measured on MNIST (README: "MNIST,
 # class-conditional"): 1.5 asks for the digit with 97.7% success at the unconditional model's Frechet distance.
 DEFAULT_GUIDANCE = 1.5
@@ -171,6 +172,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     model.add_argument("--schedule", choices=BETA_SCHEDULES, default="linear",
                        help="noise schedule: 'linear' in beta (the paper, with --beta-start/--beta-end) or "
                             "'cosine' in alpha_bar (Nichol and Dhariwal 2021)")
+    model.add_argument("--prediction", choices=PREDICTIONS, default=None,
+                       help="what the network predicts: 'eps', the noise (the paper), or 'v' (Salimans and Ho "
+                            "2022), turned into the noise so that every sampler works unchanged (default: "
+                            + ", ".join(f"{k} {v}" for k, v in DEFAULT_PREDICTION.items()) + ")")
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -294,6 +299,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.warmup_steps = 500 if args.lr_schedule == "cosine" else 0
     if args.epochs is None and args.dataset is not None:  # (--resume without --dataset: set from the run)
         args.epochs = DEFAULT_EPOCHS[args.dataset]
+    if args.prediction is None and args.dataset is not None and not args.resume:
+        args.prediction = DEFAULT_PREDICTION[args.dataset]
     if (args.class_cond or args.label_drop != 0.1) and not args.train:
         parser.error("--class-cond and --label-drop need --train")
     if (args.digit is not None or args.guidance != DEFAULT_GUIDANCE) and not (args.sample or args.evaluate):

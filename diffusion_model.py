@@ -17,7 +17,9 @@ Reverse processes, all from the same trained noise predictor eps_theta:
   multistep solver of the same ODE as deterministic DDIM.
 
 Each can clip the predicted x_0 (``threshold_x0``); ``timestep_schedule`` picks
-the steps a few-step sampler visits.
+the steps a few-step sampler visits. The network predicts the noise (the paper)
+or, with ``prediction="v"``, the velocity of Salimans and Ho (2022), which
+``DiffusionModel.backward`` turns into the same noise prediction.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ BETA_SCHEDULES = ("linear", "cosine")
 CLIP_MODES = ("none", "clip", "dynamic")
 STEP_SCHEDULES = ("uniform", "logsnr")
 VARIANCES = ("beta", "posterior")
+PREDICTIONS = ("eps", "v")
 
 
 class ReverseStep(NamedTuple):
@@ -141,6 +144,9 @@ class DiffusionModel(nn.Module):
             here it defaults to the network's ``config`` (MyUNet has one).
         schedule: ``linear`` (the paper's) or ``cosine`` (Nichol and Dhariwal
             2021; beta_start and beta_end are then unused).
+        prediction: what the network outputs: ``eps``, the noise (Eq. 8, the paper), or
+            ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0`` (Salimans and Ho 2022), which
+            ``backward`` turns into eps (see there).
 
     The schedule tensors are registered buffers, so ``.to(device)``,
     ``state_dict()`` and checkpoints carry them.
@@ -155,10 +161,13 @@ class DiffusionModel(nn.Module):
         device: torch.device | str | None = None,
         image_chw: tuple[int, int, int] | None = None,
         schedule: str = "linear",
+        prediction: str = "eps",
     ) -> None:
         super().__init__()
         if schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta schedule must be one of {BETA_SCHEDULES}, got {schedule!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
         if not 0.0 < beta_start < 1.0 or not 0.0 < beta_end < 1.0:
@@ -174,6 +183,7 @@ class DiffusionModel(nn.Module):
         self.beta_end = float(beta_end)
         self.timesteps = int(timesteps)
         self.schedule = schedule
+        self.prediction = prediction
         self.image_chw = tuple(int(v) for v in image_chw)
         self.backward_process_model = backward_process_model
 
@@ -263,10 +273,18 @@ class DiffusionModel(nn.Module):
         """The network's noise prediction eps_theta(x_t, t) (Eq. 8); with labels y, eps_theta(x_t, t, y).
 
         Named as in the paper; this is not ``nn.Module``'s autograd ``backward``.
+        With ``prediction="v"`` the network's output is v, and since
+        ``x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps`` (Eq. 4), ``eps = sqrt(1 - abar) x_t + sqrt(abar) v``.
+        At large t (abar near 0) eps is then x_t itself, whatever the network says: a network that
+        cannot copy its input to its output (``ResAttnUNet`` with 4x4 patches) no longer ruins the
+        x_0 it implies there. The loss stays Eq. 8 on this eps, so in v terms each image's error is
+        weighted by abar_t (with Min-SNR: min(SNR, gamma) / (SNR + 1), Hang et al.'s v weighting).
         """
-        if y is None:
-            return self.backward_process_model(x, t)
-        return self.backward_process_model(x, t, y)
+        out = self.backward_process_model(x, t) if y is None else self.backward_process_model(x, t, y)
+        if self.prediction == "v":
+            out = (_per_sample(self.sqrt_one_minus_alpha_bars, t, x.dim()) * x
+                   + _per_sample(self.sqrt_alpha_bars, t, x.dim()) * out)
+        return out
 
     def guided_backward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
                         guidance: float = 1.0) -> torch.Tensor:

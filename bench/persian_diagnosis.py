@@ -5,7 +5,9 @@
 For each checkpoint (its dataset and network come from the checkpoint), prints:
 
 1. The validation loss of Eq. 8 per time-step bucket (10 buckets of T/10 steps; within a bucket t is
-   drawn uniformly; seeded), so 64x64 and 28x28 models can be compared where the loss lives.
+   drawn uniformly; seeded), so 64x64 and 28x28 models can be compared where the loss lives; beside
+   it, the same loss of the "copy" guess eps = sqrt(1 - abar_t) x_t, which knows nothing of images and
+   is nearly exact at large t: a network worse than it there cannot pass its input through.
 2. The network's effective receptive field at the output's centre: the gradient of the centre pixel
    of eps_theta(x_t, t) with respect to x_t, at t in the middle of the schedule, on validation
    images; the radius (in pixels, Chebyshev) that holds 50% and 90% of its absolute mass, against
@@ -32,11 +34,12 @@ from quality import saturation  # noqa: E402
 from utils import sample  # noqa: E402
 
 
-def loss_per_bucket(ddpm, loader, buckets: int = 10, seed: int = 0) -> list[float]:
-    """Mean Eq. 8 loss per time-step bucket, t uniform inside each bucket, the same draws for every model."""
+def loss_per_bucket(ddpm, loader, buckets: int = 10, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Mean Eq. 8 loss per time-step bucket, t uniform inside each bucket, the same draws for every model:
+    the network's, and the copy guess's ``eps = sqrt(1 - abar_t) x_t``."""
     gen = torch.Generator().manual_seed(seed)
     width = ddpm.timesteps // buckets
-    sums, counts = [0.0] * buckets, [0] * buckets
+    sums, copy_sums, counts = [0.0] * buckets, [0.0] * buckets, [0] * buckets
     with torch.no_grad():
         for x0, _ in loader:
             for b in range(buckets):
@@ -44,8 +47,10 @@ def loss_per_bucket(ddpm, loader, buckets: int = 10, seed: int = 0) -> list[floa
                 noise = torch.randn(x0.shape, generator=gen)
                 x_t, _ = ddpm.add_noise(x0, t, noise)
                 sums[b] += ((ddpm.backward(x_t, t) - noise) ** 2).mean(dim=(1, 2, 3)).sum().item()
+                copy = ddpm.sqrt_one_minus_alpha_bars[t].view(-1, 1, 1, 1) * x_t
+                copy_sums[b] += ((copy - noise) ** 2).mean(dim=(1, 2, 3)).sum().item()
                 counts[b] += len(x0)
-    return [s / c for s, c in zip(sums, counts)]
+    return [s / c for s, c in zip(sums, counts)], [s / c for s, c in zip(copy_sums, counts)]
 
 
 def receptive_field(ddpm, images: torch.Tensor, t: int) -> tuple[int, int]:
@@ -86,11 +91,13 @@ def main() -> None:
         loader = torch.utils.data.DataLoader(subset, batch_size=100)
         size = ckpt["config"]["image_chw"][-1]
         print(f"\n{path}: {dataset}, {size}x{size}, {ckpt['config']['network']['arch']}, "
+              f"predicts {ddpm.prediction}, "
               f"{len(ckpt.get('history', {}).get('val_loss', []))} epochs, EMA {'ema' in ckpt}")
-        losses = loss_per_bucket(ddpm, loader)
+        losses, copy = loss_per_bucket(ddpm, loader)
         width = ddpm.timesteps // 10
-        print("  Eq. 8 loss per bucket of t: " + "  ".join(
-            f"{b * width}-{(b + 1) * width - 1}: {v:.4f}" for b, v in enumerate(losses)))
+        for name, values in (("Eq. 8 loss per bucket of t", losses), ("copy guess sqrt(1-abar) x_t", copy)):
+            print(f"  {name}: " + "  ".join(
+                f"{b * width}-{(b + 1) * width - 1}: {v:.5f}" for b, v in enumerate(values)))
         print(f"  mean over buckets: {sum(losses) / len(losses):.4f}")
         images = torch.stack([subset[i][0] for i in range(min(16, len(subset)))])
         for t in (ddpm.timesteps // 10, ddpm.timesteps // 2):

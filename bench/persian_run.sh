@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 16: the default Persian run, with a snapshot of every epoch, diagnosed per epoch and scored at the end.
-# Usage: bench/persian_run.sh [DATA_ROOT] [OUT] [N]
+# Usage: bench/persian_run.sh [DATA_ROOT] [OUT] [N]      (extra training flags in $TRAIN_FLAGS)
 #   1. trains `python main.py --dataset persian --train --fast` (the default recipe; skipped when OUT holds the
 #      checkpoint), copying the run's _last checkpoint to OUT/epochs/ each time it is rewritten (once an epoch);
 #   2. bench/persian_diagnosis.py on the snapshots of epochs 1, 2, 4, 8, ... and the last (loss per time-step
@@ -16,7 +16,7 @@ N=${3:-2000}
 PY=${PYTHON:-python}
 mkdir -p "$OUT/epochs"
 if [ ! -f "$OUT/ddpm_persian.pt" ]; then
-  $PY main.py --dataset persian --train --fast --seed 0 --data-root "$DATA" --out-dir "$OUT" &
+  $PY main.py --dataset persian --train --fast --seed 0 --data-root "$DATA" --out-dir "$OUT" ${TRAIN_FLAGS:-} &
   trainer=$!
   seen=""
   while kill -0 "$trainer" 2>/dev/null; do

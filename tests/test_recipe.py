@@ -197,6 +197,75 @@ def test_min_snr_loss_weights_each_image_with_the_same_draws():
     assert diffusion_loss(ddpm, x0, snr_gamma=1e9).item() == pytest.approx(plain.item(), rel=1e-6)  # weights 1
 
 
+# --------------------------------------------------------------------------- v-prediction
+
+
+class Oracle(torch.nn.Module):
+    """A stand-in network that outputs a fixed tensor, whatever it is given."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.out
+
+
+def test_v_prediction_turns_v_into_the_noise_by_hand():
+    """v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans and Ho 2022): the true v gives back the true noise,
+    and an output of 0 gives eps = sqrt(1 - abar) x_t, which is x_t itself at t = T - 1."""
+    torch.manual_seed(0)
+    x0, eps = torch.rand(4, 1, 8, 8) * 2 - 1, torch.randn(4, 1, 8, 8)
+    t = torch.tensor([0, 300, 700, 999])
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[t].float().view(-1, 1, 1, 1)
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    ddpm = DiffusionModel(Oracle(v), timesteps=1000, image_chw=(1, 8, 8), prediction="v")
+    x_t, _ = ddpm.add_noise(x0, t, eps)
+    assert torch.allclose(ddpm.backward(x_t, t), eps, atol=1e-5)
+    ddpm.backward_process_model = Oracle(torch.zeros_like(x0))
+    assert torch.allclose(ddpm.backward(x_t, t), (1 - abar).sqrt() * x_t, atol=1e-6)
+    assert (ddpm.backward(x_t, t)[3] - x_t[3]).abs().max() < 1e-4  # abar_T = 4e-5
+    assert torch.equal(DiffusionModel(Oracle(v), timesteps=1000, image_chw=(1, 8, 8)).backward(x_t, t), v)  # eps
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        DiffusionModel(Oracle(v), timesteps=10, image_chw=(1, 8, 8), prediction="x0")
+
+
+def test_v_prediction_loss_is_min_snr_in_v_terms():
+    """Eq. 8 on the eps that v implies, Min-SNR weighted, equals Hang et al.'s v weighting by hand:
+    min(SNR, gamma) / (SNR + 1) times the squared error of v, with the same draws."""
+    torch.manual_seed(0)
+    x0, out = torch.rand(6, 1, 8, 8) * 2 - 1, torch.randn(6, 1, 8, 8)
+    ddpm = DiffusionModel(Oracle(out), timesteps=100, image_chw=(1, 8, 8), prediction="v")
+    torch.manual_seed(3)
+    loss = diffusion_loss(ddpm, x0, snr_gamma=2.0)
+    torch.manual_seed(3)
+    t = torch.randint(0, 100, (6,))
+    eps = torch.randn_like(x0)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64), 0)[t]
+    snr = abar / (1 - abar)
+    a, s = abar.sqrt().float().view(-1, 1, 1, 1), (1 - abar).sqrt().float().view(-1, 1, 1, 1)
+    v_error = ((a * eps - s * x0 - out) ** 2).mean(dim=(1, 2, 3))
+    by_hand = ((snr.clamp(max=2.0) / (snr + 1)).float() * v_error).mean()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_v_prediction_is_recorded_only_when_chosen_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    eps_model = DiffusionModel(ResAttnUNet(n_steps=10, image_size=28, base_channels=8), timesteps=10)
+    assert "prediction" not in model_config("mnist", eps_model)  # eps checkpoints are written as before
+    ddpm = DiffusionModel(_perturbed(ResAttnUNet(n_steps=10, image_size=28, base_channels=8)), timesteps=10,
+                          prediction="v")
+    path = tmp_path / "v.pt"
+    save_checkpoint(path, ddpm, model_config("mnist", ddpm))
+    loaded, ckpt = load_checkpoint(path)
+    assert ckpt["config"]["prediction"] == "v" and loaded.prediction == "v"
+    assert torch.equal(sample(loaded, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4),
+                       sample(ddpm, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4))
+    loaded.prediction = "eps"  # the same weights read as eps draw other images: the flag is used
+    assert not torch.equal(sample(loaded, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4),
+                           sample(ddpm, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4))
+
+
 # --------------------------------------------------------------------------- the cosine noise schedule
 
 
@@ -282,6 +351,7 @@ class ZeroParamNet(torch.nn.Module):
     (["--train", "--lr-schedule", "step", "--warmup-steps", "10"], "--warmup-steps needs --lr-schedule cosine"),
     (["--train", "--snr-gamma", "0"], "must be a finite positive number"),
     (["--train", "--schedule", "quadratic"], "invalid choice"),
+    (["--train", "--prediction", "x0"], "argument --prediction: invalid choice: 'x0'"),
 ])
 def test_recipe_options_refuse_bad_input(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
