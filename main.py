@@ -315,6 +315,9 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     }
     log.info("Quality of %s (%s), %d samples drawn in %.1fs:\n%s", checkpoint, dataset, n, seconds,
              format_table(rows, judge_accuracy))
+    if any(sum(row["mostly_white_classes"]) for row in rows.values()):
+        log.info("Mostly white images, by the class the judge reads (0-9): %s", "; ".join(
+            f"{name}: {' '.join(map(str, row['mostly_white_classes']))}" for name, row in rows.items()))
     accuracy = None if labels is None else requested_digit_accuracy(judge, samples, labels, device)
     if accuracy is not None:
         log.info("Guidance %g: the judge reads the requested digit in %.2f%% of the samples; per digit: %s",

@@ -49,6 +49,32 @@ def test_saturation():
     assert quality.saturation(white * 5) == dict(mostly_white=1.0, blank=0.0)  # clamped first
 
 
+class BrightnessJudge(torch.nn.Module):
+    """A stand-in judge: reads bright images (mean above 0) as 0, the others as 5."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3))], 1)
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(f), 10)
+        logits[:, 0] = 10 * f[:, 0]
+        logits[:, 5] = -10 * f[:, 0]
+        return logits
+
+
+def test_score_names_the_judged_classes_of_mostly_white_images():
+    """Resized to 64x64, half the real Persian 0s are mostly white: the report says which classes the white
+    images are read as, so a white 0 can be told from a white blob."""
+    white = torch.ones(2, 1, 10, 10)
+    digit = -torch.ones(3, 1, 10, 10)
+    digit[..., 2:8, 4:6] = 1
+    row = quality.score(BrightnessJudge(), torch.cat([white, digit]), torch.randn(50, 2, dtype=torch.float64), "cpu")
+    assert row["mostly_white"] == pytest.approx(0.4) and row["class_histogram"] == [2, 0, 0, 0, 0, 3, 0, 0, 0, 0]
+    assert row["mostly_white_classes"] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert quality.score(BrightnessJudge(), digit, torch.randn(50, 2, dtype=torch.float64),
+                         "cpu")["mostly_white_classes"] == [0] * 10
+
+
 def test_judge_learns_and_is_cached(tmp_path):
     """A judge trained on two easy classes separates them; the cache is reused, not retrained."""
     torch.manual_seed(0)
