@@ -57,8 +57,10 @@ def model_config(dataset: str, ddpm: DiffusionModel) -> dict[str, Any]:
         schedule=ddpm.schedule,
         network=dict(net_cfg),
     )
-    if ddpm.prediction != "eps":  # recorded only when not the paper's, so eps configs stay as they were
+    if ddpm.prediction != "eps":  # recorded only when not the paper's, so older configs stay as they were
         config["prediction"] = ddpm.prediction
+    if ddpm.schedule_shift != 1.0:
+        config["schedule_shift"] = ddpm.schedule_shift
     return config
 
 
@@ -74,6 +76,7 @@ def build_model(config: dict[str, Any], device: torch.device | str | None = None
         device=device,
         schedule=config.get("schedule", "linear"),  # checkpoints before the cosine schedule: linear
         prediction=config.get("prediction", "eps"),
+        schedule_shift=config.get("schedule_shift", 1.0),
     )
 
 
@@ -140,6 +143,7 @@ RUN_SETTINGS = {
     "timesteps": ("--timesteps", lambda c: c["config"]["timesteps"]),
     "schedule": ("--schedule", lambda c: c["config"].get("schedule", "linear")),
     "prediction": ("--prediction", lambda c: c["config"].get("prediction", "eps")),
+    "schedule_shift": ("--schedule-shift", lambda c: c["config"].get("schedule_shift", 1.0)),
     "beta_start": ("--beta-start", lambda c: c["config"]["beta_start"]),
     "beta_end": ("--beta-end", lambda c: c["config"]["beta_end"]),
     "time_emb_dim": ("--time-emb-dim", lambda c: c["config"]["network"]["time_emb_dim"]),

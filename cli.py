@@ -172,6 +172,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     model.add_argument("--schedule", choices=BETA_SCHEDULES, default="linear",
                        help="noise schedule: 'linear' in beta (the paper, with --beta-start/--beta-end) or "
                             "'cosine' in alpha_bar (Nichol and Dhariwal 2021)")
+    model.add_argument("--schedule-shift", type=positive_float, default=None,
+                       help="divide the schedule's signal-to-noise ratio at every step by S^2 (Hoogeboom et al. "
+                            "2023), as if the images were S times smaller (default: 1, the schedule unchanged)")
     model.add_argument("--prediction", choices=PREDICTIONS, default=None,
                        help="what the network predicts: 'eps', the noise (the paper), or 'v' (Salimans and Ho "
                             "2022), turned into the noise so that every sampler works unchanged (default: "
@@ -301,6 +304,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.epochs = DEFAULT_EPOCHS[args.dataset]
     if args.prediction is None and args.dataset is not None and not args.resume:
         args.prediction = DEFAULT_PREDICTION[args.dataset]
+    if args.schedule_shift is None and not args.resume:
+        args.schedule_shift = 1.0
     if (args.class_cond or args.label_drop != 0.1) and not args.train:
         parser.error("--class-cond and --label-drop need --train")
     if (args.digit is not None or args.guidance != DEFAULT_GUIDANCE) and not (args.sample or args.evaluate):

@@ -226,7 +226,8 @@ def new_model(args: argparse.Namespace, device: torch.device) -> DiffusionModel:
     except ValueError as exc:  # e.g. a --patch-size that does not tile the image
         raise UsageError(f"{args.dataset} ({size}x{size}): {exc}") from None
     ddpm = DiffusionModel(net, args.beta_start, args.beta_end, args.timesteps, device=device,
-                          schedule=args.schedule, prediction=args.prediction)
+                          schedule=args.schedule, prediction=args.prediction,
+                          schedule_shift=args.schedule_shift)
     alpha_bar_T = ddpm.alpha_bars[-1].item()
     if alpha_bar_T > 0.01:  # x_T keeps sqrt(alpha_bar_T) of the image: sampling from N(0, I) starts elsewhere
         log.warning("alpha_bar_T is %.3g with --timesteps %d and --beta-end %g: the last noised images keep "

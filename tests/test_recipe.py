@@ -197,6 +197,49 @@ def test_min_snr_loss_weights_each_image_with_the_same_draws():
     assert diffusion_loss(ddpm, x0, snr_gamma=1e9).item() == pytest.approx(plain.item(), rel=1e-6)  # weights 1
 
 
+# --------------------------------------------------------------------------- the shifted schedule
+
+
+@pytest.mark.parametrize("shift", [2.0, 64 / 28])
+def test_shifted_schedule_by_hand(shift):
+    """SNR'_t = SNR_t / shift^2 at three steps (Hoogeboom et al. 2023), abar'_T near 0, and betas that rebuild it."""
+    ddpm = DiffusionModel(torch.nn.Identity(), timesteps=1000, image_chw=(1, 2, 2), schedule_shift=shift)
+    for t in (0, 500, 999):
+        abar = 1.0
+        for i in range(t + 1):  # beta_i = 1e-4 + i * (0.02 - 1e-4) / 999
+            abar *= 1 - (1e-4 + i * (0.02 - 1e-4) / 999)
+        snr = abar / (1 - abar) / shift ** 2
+        assert ddpm.alpha_bars[t].item() == pytest.approx(snr / (1 + snr), rel=1e-5)
+    # t = 500 (the paper's schedule: abar 0.07780, SNR 0.08436): with shift 2, SNR 0.02109 and abar 0.02065
+    if shift == 2.0:
+        assert ddpm.alpha_bars[500].item() == pytest.approx(0.020654, rel=1e-4)
+    assert ddpm.alpha_bars[-1].item() < 4.04e-5 / shift ** 2  # the paper's abar_T is 4.04e-5
+    assert bool(((ddpm.betas > 0) & (ddpm.betas < 1)).all())
+    assert torch.allclose(torch.cumprod(1 - ddpm.betas.double(), 0).float(), ddpm.alpha_bars)
+
+
+def test_schedule_shift_of_one_is_the_schedule_and_bad_shifts_are_refused():
+    plain = DiffusionModel(torch.nn.Identity(), timesteps=1000, image_chw=(1, 2, 2))
+    same = DiffusionModel(torch.nn.Identity(), timesteps=1000, image_chw=(1, 2, 2), schedule_shift=1.0)
+    assert torch.equal(plain.betas, same.betas) and torch.equal(plain.alpha_bars, same.alpha_bars)
+    assert "schedule_shift" not in model_config("mnist", DiffusionModel(
+        ResAttnUNet(n_steps=10, image_size=28, base_channels=8), timesteps=10))
+    for bad in (0.0, -2.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="schedule_shift must be a finite positive number"):
+            DiffusionModel(torch.nn.Identity(), timesteps=10, image_chw=(1, 2, 2), schedule_shift=bad)
+
+
+def test_shifted_schedule_is_recorded_and_round_trips(tmp_path):
+    ddpm = DiffusionModel(_perturbed(ResAttnUNet(n_steps=10, image_size=28, base_channels=8)), timesteps=10,
+                          schedule_shift=2.0, prediction="v")
+    path = tmp_path / "shifted.pt"
+    save_checkpoint(path, ddpm, model_config("mnist", ddpm))
+    loaded, ckpt = load_checkpoint(path)
+    assert ckpt["config"]["schedule_shift"] == 2.0 and torch.equal(loaded.alpha_bars, ddpm.alpha_bars)
+    assert torch.equal(sample(loaded, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4),
+                       sample(ddpm, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4))
+
+
 # --------------------------------------------------------------------------- v-prediction
 
 
@@ -352,6 +395,8 @@ class ZeroParamNet(torch.nn.Module):
     (["--train", "--snr-gamma", "0"], "must be a finite positive number"),
     (["--train", "--schedule", "quadratic"], "invalid choice"),
     (["--train", "--prediction", "x0"], "argument --prediction: invalid choice: 'x0'"),
+    (["--train", "--schedule-shift", "0"], "argument --schedule-shift"),
+    (["--train", "--schedule-shift", "inf"], "argument --schedule-shift"),
 ])
 def test_recipe_options_refuse_bad_input(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
