@@ -208,8 +208,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                        help="'cosine': optimizer steps of linear learning-rate warm-up (default 500)")
     train.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="min-snr",
                        help="'none' is Eq. 8 (every time step alike); 'min-snr' weights each image's error by "
-                            "min(SNR, gamma)/SNR (Hang et al. 2023)")
-    train.add_argument("--snr-gamma", type=positive_float, default=5.0, help="'min-snr': the cap gamma")
+                            "min(SNR, gamma)/SNR (Hang et al. 2023); 'min-snr-v' puts these weights on the "
+                            "error of v, Eq. 8's error / abar_t (more weight on the noisiest steps)")
+    train.add_argument("--snr-gamma", type=positive_float, default=5.0, help="'min-snr', 'min-snr-v': the cap gamma")
     train.add_argument("--class-cond", action="store_true",
                        help="train a class-conditional model (a label embedding added to the time embedding) "
                             "for classifier-free guidance; sampling then takes --digit and --guidance")

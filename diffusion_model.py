@@ -109,27 +109,35 @@ def get_loss(noise: torch.Tensor, noise_pred: torch.Tensor) -> torch.Tensor:
 
 
 def diffusion_loss(model: nn.Module, x_0: torch.Tensor, snr_gamma: float | None = None,
-                   y: torch.Tensor | None = None, label_drop: float = 0.0) -> torch.Tensor:
+                   y: torch.Tensor | None = None, label_drop: float = 0.0, v_error: bool = False) -> torch.Tensor:
     """The training loss of one batch (Algorithm 1, lines 2-5): a training draw, then Eq. 8 in float32.
 
     ``model`` is a ``DiffusionModel`` or a wrapper whose forward is one (``DistributedDataParallel``).
     Every training path shares this: the loop, the fast path (which wraps it) and the benchmark.
     With ``snr_gamma``, each image's squared error is weighted by Min-SNR-gamma
     (``recipe.min_snr_weight`` of its time step) before the batch mean; the draws are the same.
+    ``v_error`` (with ``snr_gamma``) weights the error of v instead: since eps = sqrt(1 - abar) x_t +
+    sqrt(abar) v, ``|v error|^2 = |eps error|^2 / abar_t``, so each weight is divided by abar_t. At the
+    noisiest steps, where a 64x64 digit's shape and class are decided, that is the error of the x_0
+    the model implies, not the error of a noise that is already nearly x_t.
     A class-conditional model gets the labels ``y``, each replaced by "no label" with probability
     ``label_drop`` (classifier-free guidance training, Ho and Salimans 2022; drawn before t and the noise).
     """
     ddpm = getattr(model, "module", model)  # the DiffusionModel inside a DDP wrapper
     if y is not None and label_drop > 0:
         y = torch.where(torch.rand(y.shape, device=y.device) < label_drop, ddpm.num_classes, y)
+    if v_error and snr_gamma is None:
+        raise ValueError("v_error weights the Min-SNR loss: give snr_gamma too")
     if snr_gamma is None:
         _, noise, eta_theta = model(x_0, y=y)
         return get_loss(noise, eta_theta.float())  # .float(): a bf16 autocast prediction is compared in float32
     t = torch.randint(0, ddpm.timesteps, (x_0.shape[0],), device=x_0.device)
     _, noise, eta_theta = model(x_0, t=t, y=y)
     per_image = ((noise - eta_theta.float()) ** 2).flatten(1).mean(dim=1)
-    weight = min_snr_weight(torch.exp(2 * ddpm.lambdas), snr_gamma).float()  # SNR = exp(2 lambda)
-    return (weight[t] * per_image).mean()
+    weight = min_snr_weight(torch.exp(2 * ddpm.lambdas), snr_gamma)  # SNR = exp(2 lambda), float64
+    if v_error:
+        weight = weight * (1 + torch.exp(-2 * ddpm.lambdas))  # 1 / abar = 1 + 1 / SNR
+    return (weight.float()[t] * per_image).mean()
 
 
 class DiffusionModel(nn.Module):

@@ -194,11 +194,11 @@ def prepare_model(model: nn.Module, parts: frozenset[str]) -> nn.Module:
 
 def loss_function(model: nn.Module, parts: frozenset[str], device: torch.device | str,
                   batch_size: int | None = None, snr_gamma: float | None = None,
-                  label_drop: float = 0.0) -> LossFn:
+                  label_drop: float = 0.0, v_error: bool = False) -> LossFn:
     """``(x0, y=None) -> `` the training loss of one batch, ``diffusion_model.diffusion_loss`` wrapped in the parts.
 
     ``model`` is the ``DiffusionModel`` (or its DDP wrapper). With no part this
-    is exactly ``diffusion_loss(model, x0, snr_gamma, y, label_drop)``, the paper's fp32 eager
+    is exactly ``diffusion_loss(model, x0, snr_gamma, y, label_drop, v_error)``, the paper's fp32 eager
     computation (with Min-SNR weighting when ``snr_gamma`` is given, and the labels ``y`` of a
     class-conditional model);
     ``channels_last`` converts the batch, ``bf16`` runs it under autocast.
@@ -217,7 +217,7 @@ def loss_function(model: nn.Module, parts: frozenset[str], device: torch.device 
             x0 = x0.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with autocast:
-            return diffusion_loss(model, x0, snr_gamma, y, label_drop)
+            return diffusion_loss(model, x0, snr_gamma, y, label_drop, v_error)
 
     if "compile" not in parts:
         return loss_of

@@ -201,8 +201,9 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
             training_loop(state, train_loader, val_loader, args.epochs, store_path=checkpoint,
                           loss_curve_path=curves, seed=args.seed, should_stop=stop,
                           loss_fn=loss_function(model, parts, device, args.batch_size,
-                                                snr_gamma=args.snr_gamma if args.loss_weighting == "min-snr"
-                                                else None, label_drop=args.label_drop))
+                                                snr_gamma=None if args.loss_weighting == "none" else args.snr_gamma,
+                                                label_drop=args.label_drop,
+                                                v_error=args.loss_weighting == "min-snr-v"))
     finally:  # also after an interruption or a divergence: the history of the finished epochs
         if distributed.is_main_process() and state.history["train_loss"]:
             try:

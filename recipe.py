@@ -3,7 +3,8 @@
 * Min-SNR-gamma loss weighting (Hang et al. 2023): Eq. 8's per-image squared
   error times ``min(SNR_t, gamma) / SNR_t`` with ``SNR_t = abar_t / (1 - abar_t)``,
   the weight that, for a noise predictor, caps the share of the nearly clean
-  (high-SNR) time steps in the loss.
+  (high-SNR) time steps in the loss. ``min-snr-v`` puts the same weights on the
+  error of v (Salimans and Ho 2022), that is on Eq. 8's error divided by abar_t.
 * The learning-rate schedule: Figure 12's ``StepLR`` (per epoch), or a linear
   warm-up over ``warmup_steps`` optimizer steps followed by a cosine decay to 0
   at the end of the run (per step).
@@ -20,7 +21,7 @@ from typing import Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, StepLR
 
-LOSS_WEIGHTINGS = ("none", "min-snr")
+LOSS_WEIGHTINGS = ("none", "min-snr", "min-snr-v")
 LR_SCHEDULES = ("step", "cosine")
 
 

@@ -309,6 +309,29 @@ def test_v_prediction_is_recorded_only_when_chosen_and_round_trips(tmp_path):
                            sample(ddpm, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4))
 
 
+def test_min_snr_v_weights_the_error_of_v_by_hand():
+    """``min-snr-v``: Min-SNR's weights on the error of v, i.e. on Eq. 8's error divided by abar_t; the fast
+    path's loss function passes the choice on unchanged."""
+    from fastpath import loss_function
+
+    torch.manual_seed(0)
+    ddpm = DiffusionModel(ConvNet(), timesteps=100, image_chw=(1, 8, 8), prediction="v")
+    x0 = torch.rand(6, 1, 8, 8) * 2 - 1
+    torch.manual_seed(3)
+    loss = diffusion_loss(ddpm, x0, snr_gamma=2.0, v_error=True)
+    torch.manual_seed(3)
+    t = torch.randint(0, 100, (6,))
+    _, noise, pred = ddpm(x0, t=t)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64), 0)[t]
+    snr = abar / (1 - abar)
+    by_hand = ((snr.clamp(max=2.0) / snr / abar).float() * ((noise - pred) ** 2).mean(dim=(1, 2, 3))).mean()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    torch.manual_seed(3)
+    assert loss_function(ddpm, frozenset(), "cpu", snr_gamma=2.0, v_error=True)(x0).item() == loss.item()
+    with pytest.raises(ValueError, match="v_error weights the Min-SNR loss"):
+        diffusion_loss(ddpm, x0, v_error=True)
+
+
 # --------------------------------------------------------------------------- the cosine noise schedule
 
 
