@@ -25,6 +25,7 @@ DEFAULT_DATASET = "mnist"
 # default network (README, "Results of real runs").
 DEFAULT_EPOCHS = {"mnist": 11, "persian": 20}
 DEFAULT_PREDICTION = {"mnist": "eps", "persian": "eps"}
+DEFAULT_LOSS_WEIGHTING = {"mnist": "min-snr", "persian": "min-snr"}
 # Classifier-free guidance weight of --sample and --evaluate, as measured on MNIST (README: "MNIST,
 # class-conditional"): 1.5 asks for the digit with 97.7% success at the unconditional model's Frechet distance.
 DEFAULT_GUIDANCE = 1.5
@@ -206,10 +207,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                             "run, per step, after --warmup-steps")
     train.add_argument("--warmup-steps", type=non_negative_int, default=None,
                        help="'cosine': optimizer steps of linear learning-rate warm-up (default 500)")
-    train.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="min-snr",
+    train.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None,
                        help="'none' is Eq. 8 (every time step alike); 'min-snr' weights each image's error by "
                             "min(SNR, gamma)/SNR (Hang et al. 2023); 'min-snr-v' puts these weights on the "
-                            "error of v, Eq. 8's error / abar_t (more weight on the noisiest steps)")
+                            "error of v, Eq. 8's error / abar_t (more weight on the noisiest steps) (default: "
+                            + ", ".join(f"{k} {v}" for k, v in DEFAULT_LOSS_WEIGHTING.items()) + ")")
     train.add_argument("--snr-gamma", type=positive_float, default=5.0, help="'min-snr', 'min-snr-v': the cap gamma")
     train.add_argument("--class-cond", action="store_true",
                        help="train a class-conditional model (a label embedding added to the time embedding) "
@@ -303,8 +305,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.warmup_steps = 500 if args.lr_schedule == "cosine" else 0
     if args.epochs is None and args.dataset is not None:  # (--resume without --dataset: set from the run)
         args.epochs = DEFAULT_EPOCHS[args.dataset]
-    if args.prediction is None and args.dataset is not None and not args.resume:
-        args.prediction = DEFAULT_PREDICTION[args.dataset]
+    if args.dataset is not None and not args.resume:  # (--resume: the run's, set when it is read)
+        if args.prediction is None:
+            args.prediction = DEFAULT_PREDICTION[args.dataset]
+        if args.loss_weighting is None:
+            args.loss_weighting = DEFAULT_LOSS_WEIGHTING[args.dataset]
     if args.schedule_shift is None and not args.resume:
         args.schedule_shift = 1.0
     if (args.class_cond or args.label_drop != 0.1) and not args.train:

@@ -34,6 +34,7 @@ from checkpoint import (
     find_checkpoint,
     last_checkpoint_path,
     load_checkpoint,
+    RUN_SETTINGS,
     refuse_to_replace,
     rescale_position,
 )
@@ -260,6 +261,8 @@ def resume_point(args: argparse.Namespace, device: torch.device,
     if changed:
         raise UsageError(f"cannot resume {last}: {', '.join(changed)}; resume with the run's settings, or train "
                          "a new run into another --out-dir")
+    if args.loss_weighting is None:  # not given: the run's
+        args.loss_weighting = RUN_SETTINGS["loss_weighting"][1](ckpt)
     return ddpm, ckpt
 
 

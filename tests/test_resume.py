@@ -98,6 +98,15 @@ def test_resume_with_other_settings_is_refused(data, capsys):
     assert "--schedule-shift 2.0 (the run: 1.0)" in capsys.readouterr().err
 
 
+def test_resume_keeps_the_runs_prediction_and_loss_weighting(data):
+    """Options left out on --resume take the run's values, not today's defaults."""
+    assert cli.main(train_args(data / "run", 1, "--prediction", "v", "--loss-weighting", "min-snr-v")) == 0
+    assert cli.main(train_args(data / "run", 2, "--resume")) == 0
+    _, ckpt = final_state(data / "run")
+    assert ckpt["train_args"]["loss_weighting"] == "min-snr-v" and ckpt["config"]["prediction"] == "v"
+    assert len(ckpt["history"]["train_loss"]) == 2
+
+
 def test_sigterm_mid_run_leaves_a_loadable_checkpoint(tmp_path):
     make_mnist(tmp_path / "data", n_train=400, n_test=8)  # 50 batches per epoch
     out = tmp_path / "run"
