@@ -24,8 +24,8 @@ DEFAULT_DATASET = "mnist"
 # --epochs by dataset: what trains in about an hour on this project's 2-core CPU with --fast and the
 # default network (README, "Results of real runs").
 DEFAULT_EPOCHS = {"mnist": 11, "persian": 20}
-DEFAULT_PREDICTION = {"mnist": "eps", "persian": "eps"}
-DEFAULT_LOSS_WEIGHTING = {"mnist": "min-snr", "persian": "min-snr"}
+DEFAULT_PREDICTION = {"mnist": "eps", "persian": "v"}
+DEFAULT_LOSS_WEIGHTING = {"mnist": "min-snr", "persian": "min-snr-v"}
 # Classifier-free guidance weight of --sample and --evaluate, as measured on MNIST (README: "MNIST,
 # class-conditional"): 1.5 asks for the digit with 97.7% success at the unconditional model's Frechet distance.
 DEFAULT_GUIDANCE = 1.5

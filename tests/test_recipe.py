@@ -452,6 +452,10 @@ def test_the_cli_builds_each_datasets_default_network():
     chosen = main.new_model(parse_args(["--dataset", "persian", "--train", "--patch-size", "2", "--channels", "8"]),
                             torch.device("cpu"))
     assert chosen.backward_process_model.config["patch_size"] == 2
+    # the recipe of the noisiest steps (README: "Persian digits: the noisiest steps") is Persian's default only
+    assert (persian.prediction, mnist.prediction) == ("v", "eps")
+    assert [parse_args(["--dataset", d, "--train"]).loss_weighting for d in ("persian", "mnist")] == \
+        ["min-snr-v", "min-snr"]
 
 
 def test_a_tiny_persian_run_with_the_default_network_trains_and_samples(tmp_path, monkeypatch, capsys):
@@ -467,6 +471,7 @@ def test_a_tiny_persian_run_with_the_default_network_trains_and_samples(tmp_path
                       "--data-root", "data", "--quiet"]) == 0
     ckpt = load_checkpoint(tmp_path / "runs" / "ddpm_persian.pt")[1]
     assert ckpt["config"]["network"]["patch_size"] == 4 and len(ckpt["history"]["train_loss"]) == 2
+    assert ckpt["config"]["prediction"] == "v" and ckpt["train_args"]["loss_weighting"] == "min-snr-v"
     assert main.main(["--sample", "--data-root", "data", "--quiet"]) == 0
     from PIL import Image
     assert Image.open(tmp_path / "runs" / "samples_persian.png").size == (4 * 64, 4 * 64)  # 16 samples, 4x4
