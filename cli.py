@@ -97,6 +97,14 @@ def digit_list(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
+def step_interval(text: str) -> tuple[int, int]:
+    """argparse type of --guidance-interval: ``"LO,HI"``, two time steps with 0 <= LO <= HI."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) > int(parts[1]):
+        raise argparse.ArgumentTypeError(f"must be two time steps LO,HI with 0 <= LO <= HI, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def fast_parts(text: str) -> frozenset[str]:
     """argparse type of --fast-parts: a comma-separated list of ``fastpath.PARTS``."""
     try:
@@ -262,6 +270,10 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                       help="class-conditional checkpoints: classifier-free guidance weight W, "
                            "eps_uncond + W (eps_cond - eps_uncond): 0 unconditional, 1 conditional (default "
                            "1.5, as measured in the README)")
+    samp.add_argument("--guidance-interval", type=step_interval, default=None, metavar="LO,HI",
+                      help="class-conditional checkpoints: guide with --guidance only at the time steps "
+                           "LO <= t <= HI and draw plain conditional (W = 1) at the others (Kynkaanniemi et al. "
+                           "2024); default: every step")
     samp.add_argument("--no-ema", action="store_true",
                       help="sample with the raw weights even when the checkpoint has EMA weights")
     samp.add_argument("--judge-dir", default=None,
@@ -314,8 +326,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.schedule_shift = 1.0
     if (args.class_cond or args.label_drop != 0.1) and not args.train:
         parser.error("--class-cond and --label-drop need --train")
-    if (args.digit is not None or args.guidance != DEFAULT_GUIDANCE) and not (args.sample or args.evaluate):
-        parser.error("--digit and --guidance need --sample or --evaluate")
+    if (args.digit is not None or args.guidance != DEFAULT_GUIDANCE or args.guidance_interval is not None) \
+            and not (args.sample or args.evaluate):
+        parser.error("--digit, --guidance and --guidance-interval need --sample or --evaluate")
     if args.gif is not None and not args.sample:
         parser.error("--gif needs --sample")
     if args.resume and not args.train:

@@ -281,8 +281,9 @@ def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     log.info("Sampling %d images from %s (%s, T=%d, %s%s) on %s", n_samples, checkpoint, dataset,
              ddpm.timesteps, args.sampler, "" if labels is None else f", guidance {args.guidance:g}", device)
     start = time.perf_counter()
-    sample(ddpm, n_samples, device, frames_per_gif=args.frames_per_gif, gif_name=gif,
-           grid_path=grid_path, seed=args.seed, display=args.display, labels=labels, grid_cols=cols, **options)
+    sample(ddpm, n_samples, device, frames_per_gif=args.frames_per_gif, gif_name=gif, grid_path=grid_path,
+           seed=args.seed, display=args.display, labels=labels, guidance=args.guidance,
+           guidance_interval=args.guidance_interval, grid_cols=cols, **options)
     log.info("Sampled in %.1fs: grid %s%s", time.perf_counter() - start, grid_path,
              f", GIF {gif}" if gif else "")
 
@@ -296,7 +297,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     n = args.n_samples if labels is None else len(labels)
     steps = len(sampling_steps(ddpm, options["sampler"], options["sample_steps"], options["step_schedule"]))
     guidance = args.guidance if labels is not None else None
-    report_path = ensure_writable(out_dir / report_name(dataset, options, steps, guidance))
+    report_path = ensure_writable(out_dir / report_name(dataset, options, steps, guidance, args.guidance_interval))
     if n < 2:
         raise UsageError("--evaluate needs --n-samples >= 2 (the Frechet distance fits a covariance)")
     if n <= 128:
@@ -312,7 +313,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     real = torch.stack([train_loader.dataset[i][0] for i in range(n)])
     start = time.perf_counter()
     samples = sample(ddpm, n, device, gif_name=None, seed=args.seed, labels=labels, guidance=args.guidance,
-                     **options)
+                     guidance_interval=args.guidance_interval, **options)
     seconds = time.perf_counter() - start
     rows = {
         f"generated ({args.sampler}, {steps} steps)": score(judge, samples, val_features, device),
@@ -335,7 +336,8 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
                                variance=args.reverse_variance),
                   steps=steps, seed=args.seed, sampling_seconds=seconds, judge_accuracy=judge_accuracy, rows=rows)
     if accuracy is not None:
-        report.update(guidance=args.guidance, requested_digit_accuracy=accuracy)
+        report.update(guidance=args.guidance, guidance_interval=args.guidance_interval,
+                      requested_digit_accuracy=accuracy)
     if args.bpd_images > 0:
         report["likelihood_bound"] = likelihood_bound(ddpm, val_loader, args.bpd_images, args.seed)
     write_json(report_path, report)
@@ -430,19 +432,25 @@ def requested_labels(args: argparse.Namespace, ddpm: DiffusionModel,
     for an unconditional one. --digit on an unconditional checkpoint is a ``UsageError``."""
     classes = ddpm.num_classes
     if not classes:
-        if args.digit is not None:
-            raise UsageError(f"--digit needs a class-conditional checkpoint; {checkpoint} is unconditional "
-                             "(train one with --class-cond)")
+        for flag, value in (("--digit", args.digit), ("--guidance-interval", args.guidance_interval)):
+            if value is not None:
+                raise UsageError(f"{flag} needs a class-conditional checkpoint; {checkpoint} is unconditional "
+                                 "(train one with --class-cond)")
         return None, None
+    if args.guidance_interval is not None and args.guidance_interval[1] >= ddpm.timesteps:
+        raise UsageError(f"--guidance-interval: time steps lie in 0..{ddpm.timesteps - 1} (the checkpoint's T), "
+                         f"got {args.guidance_interval[1]}")
     if args.digit is not None:
         return torch.tensor([args.digit[i % len(args.digit)] for i in range(args.n_samples)]), None
     per_class = -(-args.n_samples // classes)
     return torch.arange(classes).repeat_interleave(per_class), per_class
 
 
-def report_name(dataset: str, options: dict[str, Any], steps: int, guidance: float | None = None) -> str:
-    """``quality_<dataset>_<sampler><steps>[_clip-<mode>][_logsnr][_posterior][_eta<E>][_w<W>].json``
-    for --evaluate (``_w<W>``: the guidance weight of a class-conditional checkpoint)."""
+def report_name(dataset: str, options: dict[str, Any], steps: int, guidance: float | None = None,
+                guidance_interval: tuple[int, int] | None = None) -> str:
+    """``quality_<dataset>_<sampler><steps>[_clip-<mode>][_logsnr][_posterior][_eta<E>][_w<W>[_t<LO>-<HI>]].json``
+    for --evaluate (``_w<W>``: the guidance weight of a class-conditional checkpoint, ``_t<LO>-<HI>`` its
+    --guidance-interval)."""
     name = f"quality_{dataset}_{options['sampler']}{steps}"
     if options["clip_x0"] != "none":
         name += f"_clip-{options['clip_x0']}"
@@ -454,6 +462,8 @@ def report_name(dataset: str, options: dict[str, Any], steps: int, guidance: flo
         name += f"_eta{options['ddim_eta']:g}"
     if guidance is not None:
         name += f"_w{guidance:g}"
+        if guidance_interval is not None:
+            name += f"_t{guidance_interval[0]}-{guidance_interval[1]}"
     return name + ".json"
 
 

@@ -282,6 +282,7 @@ def sample(
     variance: str = "beta",
     labels: torch.Tensor | None = None,
     guidance: float = 1.0,
+    guidance_interval: tuple[int, int] | None = None,
     grid_cols: int | None = None,
 ) -> torch.Tensor:
     """Generate ``n_samples`` images and return them clamped to [-1, 1] (Figure 14).
@@ -306,12 +307,17 @@ def sample(
 
     A class-conditional model draws image i of class ``labels[i]`` with
     classifier-free guidance of weight ``guidance`` (``DiffusionModel.guided_backward``),
-    with every sampler; ``labels = None`` draws unconditionally.
+    with every sampler; ``labels = None`` draws unconditionally. ``guidance_interval = (lo, hi)`` applies
+    that weight only at the steps lo <= t <= hi and plain conditional prediction (W = 1, one network pass)
+    at the others (guidance in a limited interval, Kynkaanniemi et al. 2024); None guides every step.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if labels is not None and labels.shape != (n_samples,):
         raise ValueError(f"need one label per sample: {n_samples} samples, labels of shape {tuple(labels.shape)}")
+    if guidance_interval is not None and not 0 <= guidance_interval[0] <= guidance_interval[1] < ddpm.timesteps:
+        raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo <= hi < T = {ddpm.timesteps}, "
+                         f"got {guidance_interval}")
     steps = sampling_steps(ddpm, sampler, sample_steps, step_schedule)
     device = torch.device(device) if device is not None else ddpm.device
     gen = torch.Generator(device=device)
@@ -335,7 +341,8 @@ def sample(
         t_batch = torch.empty(n_samples, dtype=torch.long, device=device)
         y = labels.to(device) if labels is not None else None
         for idx, t in enumerate(progress_bar(steps, desc=f"Sampling ({sampler})", leave=False)):
-            eta_theta = ddpm.guided_backward(x, t_batch.fill_(t), y, guidance)
+            w = guidance if guidance_interval is None or guidance_interval[0] <= t <= guidance_interval[1] else 1.0
+            eta_theta = ddpm.guided_backward(x, t_batch.fill_(t), y, w)
             x = update(x, t, steps[idx + 1] if idx + 1 < len(steps) else -1, eta_theta)
             if idx in frame_steps:
                 frames.append(tile(x, display, grid_cols))

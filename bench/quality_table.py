@@ -22,7 +22,8 @@ def sampler_name(report: dict) -> str:
               "log-SNR steps" if options.get("step_schedule", "uniform") != "uniform" else "",
               "posterior variance" if options.get("variance", "beta") != "beta" else "",
               f"eta {options['eta']:g}" if options.get("eta") else "",
-              f"guidance {report['guidance']:g}" if "guidance" in report else ""]
+              f"guidance {report['guidance']:g}" if "guidance" in report else "",
+              "at t {}-{}".format(*report["guidance_interval"]) if report.get("guidance_interval") else ""]
     return ", ".join([name] + [e for e in extras if e])
 
 

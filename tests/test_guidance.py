@@ -116,6 +116,29 @@ def test_every_sampler_takes_labels_and_guidance(sampler):
         sample(ddpm, 3, "cpu", gif_name=None, labels=torch.tensor([1, 2]))
 
 
+def test_guidance_interval_guides_only_its_steps(monkeypatch):
+    ddpm = DiffusionModel(_conditional("fixed"), timesteps=20)
+    seen: list[tuple[int, float]] = []
+    guided = ddpm.guided_backward
+
+    def spy(x, t, y, w):
+        seen.append((int(t[0]), w))
+        return guided(x, t, y, w)
+
+    monkeypatch.setattr(ddpm, "guided_backward", spy)
+    labels = torch.tensor([1, 2, 3])
+    windowed = sample(ddpm, 3, "cpu", gif_name=None, seed=0, labels=labels, guidance=2.0, guidance_interval=(5, 8))
+    assert seen == [(t, 2.0 if 5 <= t <= 8 else 1.0) for t in range(19, -1, -1)]  # DDPM: every step, W = 1 outside
+    plain = sample(ddpm, 3, "cpu", gif_name=None, seed=0, labels=labels, guidance=2.0)
+    whole = sample(ddpm, 3, "cpu", gif_name=None, seed=0, labels=labels, guidance=2.0, guidance_interval=(0, 19))
+    conditional = sample(ddpm, 3, "cpu", gif_name=None, seed=0, labels=labels, guidance=1.0)
+    assert torch.equal(whole, plain)  # the whole range is plain guidance
+    assert not torch.equal(windowed, plain) and not torch.equal(windowed, conditional)
+    for bad in [(3, 2), (-1, 4), (0, 20)]:
+        with pytest.raises(ValueError, match="guidance_interval must be"):
+            sample(ddpm, 3, "cpu", gif_name=None, labels=labels, guidance=2.0, guidance_interval=bad)
+
+
 def _main(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600)
@@ -132,11 +155,33 @@ def test_class_conditional_run_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr
     frames, _ = read_gif(tmp_path / "three.gif")
     assert frames[0].shape == (56, 56)  # 4 samples, 2x2
+    done = _main("--sample", "--guidance-interval", "0,1000", *common, cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == (
+        "main.py: error: --guidance-interval: time steps lie in 0..999 (the checkpoint's T), got 1000")
     done = _main("--sample", "--n-samples", "20", "--sampler", "ddim", "--sample-steps", "3", *common,
                  cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     grid = np.array(Image.open(tmp_path / "runs" / "samples_mnist.png"))
     assert grid.shape == (10 * 28, 2 * 28)  # one row per digit, 2 per row
+
+
+def test_sample_passes_guidance_and_its_interval_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    make_mnist(tmp_path / "data", n_train=12, n_test=4)
+    assert main.main(["--dataset", "mnist", "--train", "--class-cond", "--epochs", "1", "--arch", "fixed",
+                      "--timesteps", "10", "--data-root", "data", "--quiet"]) == 0
+    calls: list[dict] = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(main, "sample", spy)
+    assert main.main(["--sample", "--digit", "3", "--n-samples", "2", "--guidance", "4", "--quiet"]) == 0
+    assert main.main(["--sample", "--n-samples", "10", "--guidance-interval", "2,6", "--quiet"]) == 0
+    assert [(c["guidance"], c["guidance_interval"]) for c in calls] == [(4.0, None), (1.5, (2, 6))]
+    assert calls[0]["labels"].tolist() == [3, 3]
 
 
 @pytest.mark.parametrize("argv, code, message", [
@@ -148,6 +193,10 @@ def test_class_conditional_run_end_to_end(tmp_path):
     (["--train", "--class-cond", "--label-drop", "1"], 2, "argument --label-drop: must lie in \\[0, 1\\)"),
     (["--train", "--class-cond", "--label-drop", "-0.1"], 2, "argument --label-drop: must lie in \\[0, 1\\)"),
     (["--sample", "--class-cond"], 2, "--class-cond and --label-drop need --train"),
+    (["--sample", "--guidance-interval", "500,100"], 2, "argument --guidance-interval: must be two time steps"),
+    (["--sample", "--guidance-interval", "100"], 2, "argument --guidance-interval: must be two time steps"),
+    (["--train", "--guidance-interval", "1,2"], 2, "--guidance-interval need --sample or --evaluate"),
+    (["--sample", "--guidance-interval", "1,2"], 1, "--guidance-interval needs a class-conditional checkpoint"),
 ])
 def test_bad_guidance_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, code, message):
     monkeypatch.chdir(tmp_path)
