@@ -38,7 +38,7 @@ from checkpoint import (
     refuse_to_replace,
     rescale_position,
 )
-from cli import DEFAULT_DATASET, DEFAULT_EPOCHS, UsageError, parse_args
+from cli import DEFAULT_DATASET, DEFAULT_EPOCHS, DEFAULT_GUIDANCE, UsageError, parse_args
 from Dataset import IMAGE_SIZES, DatasetError, get_data_loaders
 from diffusion_model import DiffusionModel
 from ema import EMA
@@ -48,7 +48,8 @@ from figures import save_dataset_samples, save_embedding_matrix, save_forward_pr
 from files import OutputError, RunLock, ensure_writable, remove_orphans, writable_beside_data, write_json
 from likelihood import bits_per_dim
 from recipe import make_scheduler
-from quality import N_CLASSES, format_table, judge_outputs, load_or_train_judge, requested_digit_accuracy, score
+from quality import (N_CLASSES, format_table, judge_outputs, load_or_train_judge, per_class_accuracy,
+                     requested_digit_accuracy, score)
 from unet import DEFAULT_BASE_CHANNELS, DEFAULT_PATCH_SIZE, PAPER_ARCHITECTURES, make_unet
 from utils import DEFAULT_CLIP_X0, StopRequest, TrainingDiverged, TrainingInterrupted, sample, sampling_steps
 from utils import training_loop
@@ -276,14 +277,15 @@ def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     labels, cols = requested_labels(args, ddpm, checkpoint)
     n_samples = args.n_samples if labels is None else len(labels)
     dataset = ckpt["config"]["dataset"]
+    guidance, interval = guidance_setting(args, ddpm, dataset)
     grid_path = ensure_writable(out_dir / f"samples_{dataset}.png")
     gif = ensure_writable(Path(args.gif)) if args.gif else None
-    log.info("Sampling %d images from %s (%s, T=%d, %s%s) on %s", n_samples, checkpoint, dataset,
-             ddpm.timesteps, args.sampler, "" if labels is None else f", guidance {args.guidance:g}", device)
+    log.info("Sampling %d images from %s (%s, T=%d, %s%s) on %s", n_samples, checkpoint, dataset, ddpm.timesteps,
+             args.sampler, "" if labels is None else f", {describe_guidance(guidance, interval)}", device)
     start = time.perf_counter()
     sample(ddpm, n_samples, device, frames_per_gif=args.frames_per_gif, gif_name=gif, grid_path=grid_path,
-           seed=args.seed, display=args.display, labels=labels, guidance=args.guidance,
-           guidance_interval=args.guidance_interval, grid_cols=cols, **options)
+           seed=args.seed, display=args.display, labels=labels, guidance=guidance, guidance_interval=interval,
+           grid_cols=cols, **options)
     log.info("Sampled in %.1fs: grid %s%s", time.perf_counter() - start, grid_path,
              f", GIF {gif}" if gif else "")
 
@@ -296,8 +298,8 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     labels, _ = requested_labels(args, ddpm, checkpoint)  # a conditional model: every digit alike, or --digit's
     n = args.n_samples if labels is None else len(labels)
     steps = len(sampling_steps(ddpm, options["sampler"], options["sample_steps"], options["step_schedule"]))
-    guidance = args.guidance if labels is not None else None
-    report_path = ensure_writable(out_dir / report_name(dataset, options, steps, guidance, args.guidance_interval))
+    guidance, interval = guidance_setting(args, ddpm, dataset) if labels is not None else (None, None)
+    report_path = ensure_writable(out_dir / report_name(dataset, options, steps, guidance, interval))
     if n < 2:
         raise UsageError("--evaluate needs --n-samples >= 2 (the Frechet distance fits a covariance)")
     if n <= 128:
@@ -312,8 +314,8 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     val_features, _ = judge_outputs(judge, val_loader, device)
     real = torch.stack([train_loader.dataset[i][0] for i in range(n)])
     start = time.perf_counter()
-    samples = sample(ddpm, n, device, gif_name=None, seed=args.seed, labels=labels, guidance=args.guidance,
-                     guidance_interval=args.guidance_interval, **options)
+    samples = sample(ddpm, n, device, gif_name=None, seed=args.seed, labels=labels,
+                     guidance=1.0 if guidance is None else guidance, guidance_interval=interval, **options)
     seconds = time.perf_counter() - start
     rows = {
         f"generated ({args.sampler}, {steps} steps)": score(judge, samples, val_features, device),
@@ -326,9 +328,11 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
             f"{name}: {' '.join(map(str, row['mostly_white_classes']))}" for name, row in rows.items()))
     accuracy = None if labels is None else requested_digit_accuracy(judge, samples, labels, device)
     if accuracy is not None:
-        log.info("Guidance %g: the judge reads the requested digit in %.2f%% of the samples; per digit: %s",
-                 args.guidance, 100 * accuracy["overall"],
-                 " ".join("-" if a is None else f"{100 * a:.1f}" for a in accuracy["per_class"]))
+        accuracy["real_validation_per_class"] = per_class_accuracy(judge, val_loader, device)
+        log.info("%s: the judge reads the requested digit in %.2f%% of the samples; per digit: %s "
+                 "(real validation digits: %s)", describe_guidance(guidance, interval), 100 * accuracy["overall"],
+                 *(" ".join("-" if a is None else f"{100 * a:.1f}" for a in accuracy[key])
+                   for key in ("per_class", "real_validation_per_class")))
     report = dict(checkpoint=str(checkpoint), dataset=dataset, ema=not args.no_ema and "ema" in ckpt,
                   arch=ckpt["config"]["network"]["arch"],
                   sampler=dict(sampler=args.sampler, sample_steps=options["sample_steps"], eta=args.eta,
@@ -336,7 +340,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
                                variance=args.reverse_variance),
                   steps=steps, seed=args.seed, sampling_seconds=seconds, judge_accuracy=judge_accuracy, rows=rows)
     if accuracy is not None:
-        report.update(guidance=args.guidance, guidance_interval=args.guidance_interval,
+        report.update(guidance=guidance, guidance_interval=interval,
                       requested_digit_accuracy=accuracy)
     if args.bpd_images > 0:
         report["likelihood_bound"] = likelihood_bound(ddpm, val_loader, args.bpd_images, args.seed)
@@ -437,13 +441,32 @@ def requested_labels(args: argparse.Namespace, ddpm: DiffusionModel,
                 raise UsageError(f"{flag} needs a class-conditional checkpoint; {checkpoint} is unconditional "
                                  "(train one with --class-cond)")
         return None, None
-    if args.guidance_interval is not None and args.guidance_interval[1] >= ddpm.timesteps:
-        raise UsageError(f"--guidance-interval: time steps lie in 0..{ddpm.timesteps - 1} (the checkpoint's T), "
-                         f"got {args.guidance_interval[1]}")
     if args.digit is not None:
         return torch.tensor([args.digit[i % len(args.digit)] for i in range(args.n_samples)]), None
     per_class = -(-args.n_samples // classes)
     return torch.arange(classes).repeat_interleave(per_class), per_class
+
+
+def guidance_setting(args: argparse.Namespace, ddpm: DiffusionModel,
+                     dataset: str) -> tuple[float, tuple[int, int] | None]:
+    """The guidance weight and interval of a class-conditional checkpoint: --guidance and --guidance-interval,
+    and for what is not given the dataset's measured setting (``cli.DEFAULT_GUIDANCE``); a --guidance given
+    alone guides every step."""
+    weight, share = DEFAULT_GUIDANCE[dataset]
+    if args.guidance is not None:
+        weight, share = args.guidance, None
+    interval = args.guidance_interval
+    if interval is None and share is not None:
+        interval = (0, int(share * ddpm.timesteps))
+    if interval is not None and interval[1] >= ddpm.timesteps:
+        raise UsageError(f"--guidance-interval: time steps lie in 0..{ddpm.timesteps - 1} (the checkpoint's T), "
+                         f"got {interval[1]}")
+    return weight, interval
+
+
+def describe_guidance(weight: float, interval: tuple[int, int] | None) -> str:
+    """``guidance 2.5 at t 0-500`` or ``guidance 1.5``."""
+    return f"guidance {weight:g}" + ("" if interval is None else f" at t {interval[0]}-{interval[1]}")
 
 
 def report_name(dataset: str, options: dict[str, Any], steps: int, guidance: float | None = None,

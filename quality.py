@@ -57,15 +57,30 @@ class DigitClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def accuracy(judge: DigitClassifier, loader: DataLoader, device: torch.device | str) -> float:
-    """Share of correctly classified images in a loader of (image, label) batches."""
+def predictions(judge: DigitClassifier, loader: DataLoader,
+                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The judge's classes and the true labels of a loader of (image, label) batches."""
     judge.eval()
-    correct = total = 0
+    predicted, labels = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
     with torch.no_grad():
         for x, y in loader:
-            correct += (judge(x.to(device)).argmax(1).cpu() == y).sum().item()
-            total += len(y)
-    return correct / max(total, 1)
+            predicted.append(judge(x.to(device)).argmax(1).cpu())
+            labels.append(torch.as_tensor(y).long().cpu())
+    return torch.cat(predicted), torch.cat(labels)
+
+
+def accuracy(judge: DigitClassifier, loader: DataLoader, device: torch.device | str) -> float:
+    """Share of correctly classified images in a loader of (image, label) batches."""
+    predicted, labels = predictions(judge, loader, device)
+    return (predicted == labels).sum().item() / max(len(labels), 1)
+
+
+def per_class_accuracy(judge: DigitClassifier, loader: DataLoader, device: torch.device | str) -> list[float | None]:
+    """The judge's accuracy on the real images of each class (None for a class the loader lacks): the ceiling
+    of a conditional model's requested-digit accuracy, which real digits themselves do not always reach."""
+    predicted, labels = predictions(judge, loader, device)
+    return [(predicted[labels == d] == d).double().mean().item() if (labels == d).any() else None
+            for d in range(N_CLASSES)]
 
 
 def train_classifier(

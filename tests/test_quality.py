@@ -61,6 +61,21 @@ class BrightnessJudge(torch.nn.Module):
         logits[:, 5] = -10 * f[:, 0]
         return logits
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_the_judges_accuracy_per_class_on_real_images():
+    """The ceiling of the requested-digit accuracy: how often the judge reads real digits of each class right."""
+    bright, dark = torch.ones(1, 1, 4, 4), -torch.ones(1, 1, 4, 4)
+    images = torch.cat([bright, bright, bright, bright, dark, dark, dark])
+    labels = torch.tensor([0, 0, 0, 5, 5, 5, 3])  # read as 0 0 0 0 5 5 5
+    loader = DataLoader(TensorDataset(images, labels), batch_size=3)
+    per_class = quality.per_class_accuracy(BrightnessJudge(), loader, "cpu")
+    assert per_class[0] == 1.0 and per_class[5] == pytest.approx(2 / 3) and per_class[3] == 0.0
+    assert [per_class[d] for d in (1, 2, 4, 6, 7, 8, 9)] == [None] * 7
+    assert quality.accuracy(BrightnessJudge(), loader, "cpu") == pytest.approx(5 / 7)
+
 
 def test_score_names_the_judged_classes_of_mostly_white_images():
     """Resized to 64x64, half the real Persian 0s are mostly white: the report says which classes the white
