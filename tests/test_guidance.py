@@ -157,9 +157,6 @@ def test_class_conditional_run_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr
     frames, _ = read_gif(tmp_path / "three.gif")
     assert frames[0].shape == (56, 56)  # 4 samples, 2x2
-    done = _main("--sample", "--guidance-interval", "0,1000", *common, cwd=tmp_path)
-    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == (
-        "main.py: error: --guidance-interval: time steps lie in 0..999 (the checkpoint's T), got 1000")
     done = _main("--sample", "--n-samples", "20", "--sampler", "ddim", "--sample-steps", "3", *common,
                  cwd=tmp_path)
     assert done.returncode == 0, done.stderr
