@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,39 @@ from diffusion_model import DiffusionModel
 from unet import MyUNet
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: main.py, bench/
+
+
+@dataclass
+class Ran:
+    """What ``main.main`` did: its exit code, and its stderr with the log records it wrote."""
+
+    returncode: int
+    stderr: str
+
+
+@pytest.fixture
+def run_main(monkeypatch, capsys, caplog) -> Callable[..., Ran]:
+    """``python main.py ARGS`` in this interpreter (no second start of torch: about 3.5 s saved a call).
+
+    Tests of a fresh interpreter's behaviour (signals, file-size limits, locks between processes, the
+    ``python main.py`` entry point itself) start one instead.
+    """
+    import main  # the repository's main.py
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    caplog.set_level(logging.INFO)
+
+    def run(*args: str, cwd: Path) -> Ran:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        caplog.clear()
+        try:
+            code = main.main(list(args))
+        except SystemExit as exc:  # argparse's refusals
+            code = exc.code
+        return Ran(code, capsys.readouterr().err + caplog.text)
+
+    return run
 
 
 @pytest.fixture(autouse=True)

@@ -45,7 +45,7 @@ def test_train_writes_checkpoints_and_figures(trained):
     assert not (work / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()  # nothing downloaded
 
 
-def test_sample_needs_no_other_flags_and_is_reproducible(trained):
+def test_sample_needs_no_other_flags_and_is_reproducible(trained, run_main):
     work, _ = trained
     first = run_cli("--sample", "--gif", "out.gif", "--n-samples", "5", "--frames-per-gif", "6", cwd=work)
     assert first.returncode == 0, first.stderr
@@ -56,44 +56,44 @@ def test_sample_needs_no_other_flags_and_is_reproducible(trained):
     assert grid.shape == (56, 84)
     assert np.array_equal(grid, frames[-1])
     gif_bytes = (work / "out.gif").read_bytes()
-    again = run_cli("--sample", "--gif", "out.gif", "--n-samples", "5", "--frames-per-gif", "6", cwd=work)
+    again = run_main("--sample", "--gif", "out.gif", "--n-samples", "5", "--frames-per-gif", "6", cwd=work)  # in-process
     assert again.returncode == 0, again.stderr
     assert (work / "out.gif").read_bytes() == gif_bytes
     assert np.array_equal(np.array(Image.open(work / "runs" / "samples_mnist.png")), grid)
 
 
-def test_same_seed_same_training(trained, tmp_path):
+def test_same_seed_same_training(trained, tmp_path, run_main):
     work, _ = trained
     make_mnist(tmp_path / "data", n_train=24, n_test=8)
-    result = run_cli("--dataset", "mnist", "--train", "--epochs", "2", "--data-root", "data", *TINY, cwd=tmp_path)
+    result = run_main("--dataset", "mnist", "--train", "--epochs", "2", "--data-root", "data", *TINY, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     first = json.loads((work / "runs" / "history_mnist.json").read_text())
     second = json.loads((tmp_path / "runs" / "history_mnist.json").read_text())
     assert first["train_loss"] == second["train_loss"] and first["val_loss"] == second["val_loss"]
 
 
-def test_figures(trained):
+def test_figures(trained, run_main):
     work, _ = trained
-    result = run_cli("--dataset", "mnist", "--figures", "--data-root", "data", "--device", "cpu", cwd=work)
+    result = run_main("--dataset", "mnist", "--figures", "--data-root", "data", "--device", "cpu", cwd=work)
     assert result.returncode == 0, result.stderr
     for name in ("dataset_samples_mnist.png", "forward_process_mnist.png", "positional_encoding_64.png"):
         assert Image.open(work / "runs" / name).size[0] > 100, name
 
 
-def test_user_errors_are_one_line_without_traceback(trained, tmp_path):
+def test_user_errors_are_one_line_without_traceback(trained, tmp_path, run_main):
     work, _ = trained
-    missing = run_cli("--sample", cwd=tmp_path)
+    missing = run_main("--sample", cwd=tmp_path)
     assert missing.returncode == 1
     assert "no checkpoint in runs; train one first: python main.py --dataset mnist --train" \
         in missing.stderr
     (tmp_path / "corrupt.pt").write_bytes((work / "runs" / "ddpm_mnist.pt").read_bytes()[:1000])
-    corrupt = run_cli("--sample", "--checkpoint", "corrupt.pt", cwd=tmp_path)
+    corrupt = run_main("--sample", "--checkpoint", "corrupt.pt", cwd=tmp_path)
     assert corrupt.returncode == 1 and "corrupt.pt is not a readable checkpoint" in corrupt.stderr
     (tmp_path / "a_file").write_text("")
-    unwritable = run_cli("--sample", "--checkpoint", str(work / "runs" / "ddpm_mnist.pt"),
+    unwritable = run_main("--sample", "--checkpoint", str(work / "runs" / "ddpm_mnist.pt"),
                          "--gif", "a_file/out.gif", cwd=tmp_path)
     assert unwritable.returncode == 1 and "cannot write a_file/out.gif" in unwritable.stderr
-    no_data = run_cli("--train", "--data-root", "a_file/data", *TINY, cwd=tmp_path)
+    no_data = run_main("--train", "--data-root", "a_file/data", *TINY, cwd=tmp_path)
     assert no_data.returncode == 1
     for result in (missing, corrupt, unwritable, no_data):
         assert "Traceback" not in result.stderr
@@ -137,14 +137,14 @@ def test_every_option_has_help():
         assert action.help, action.option_strings
 
 
-def test_ddim_sampling_and_evaluate(trained):
+def test_ddim_sampling_and_evaluate(trained, run_main):
     work, _ = trained
-    ddim = run_cli("--sample", "--sampler", "ddim", "--sample-steps", "5", "--n-samples", "4", "--gif", "ddim.gif",
+    ddim = run_main("--sample", "--sampler", "ddim", "--sample-steps", "5", "--n-samples", "4", "--gif", "ddim.gif",
                    cwd=work)
     assert ddim.returncode == 0, ddim.stderr
     frames, _ = read_gif(work / "ddim.gif")
     assert len(frames) == 5  # one frame per DDIM step
-    result = run_cli("--evaluate", "--sampler", "ddim", "--sample-steps", "4", "--n-samples", "6",
+    result = run_main("--evaluate", "--sampler", "ddim", "--sample-steps", "4", "--n-samples", "6",
                      "--bpd-images", "3", "--data-root", "data", "--device", "cpu", cwd=work)
     assert result.returncode == 0, result.stderr
     report = json.loads((work / "runs" / "quality_mnist_ddim4_clip-clip.json").read_text())  # DDIM clips by default
@@ -157,20 +157,20 @@ def test_ddim_sampling_and_evaluate(trained):
         assert row["n"] == 6 and sum(row["class_histogram"]) == 6 and row["frechet_distance"] >= 0
     assert (work / "data" / "judges" / "judge_mnist.pt").is_file()  # cached beside the data
     assert "judge accuracy on the validation set" in result.stderr
-    too_many = run_cli("--sample", "--sampler", "ddpm", "--sample-steps", "5", cwd=work)
+    too_many = run_main("--sample", "--sampler", "ddpm", "--sample-steps", "5", cwd=work)
     assert too_many.returncode == 1 and "use --sampler ddim or dpm++ to skip" in too_many.stderr
 
 
-def test_dpm_solver_sampling_needs_no_other_flag(trained):
+def test_dpm_solver_sampling_needs_no_other_flag(trained, run_main):
     work, _ = trained
-    result = run_cli("--sample", "--sampler", "dpm++", "--sample-steps", "20", "--gif", "dpm.gif", cwd=work)
+    result = run_main("--sample", "--sampler", "dpm++", "--sample-steps", "20", "--gif", "dpm.gif", cwd=work)
     assert result.returncode == 0, result.stderr
     frames, _ = read_gif(work / "dpm.gif")
     assert len(frames) == 20  # one frame per network evaluation (T = 20 here)
-    too_many = run_cli("--sample", "--sampler", "dpm++", "--sample-steps", "21", cwd=work)
+    too_many = run_main("--sample", "--sampler", "dpm++", "--sample-steps", "21", cwd=work)
     assert too_many.returncode == 1 and "Traceback" not in too_many.stderr
     assert "main.py: error: --sample-steps must lie in 1..20 (the checkpoint's T), got 21" in too_many.stderr
-    evaluated = run_cli("--evaluate", "--sampler", "dpm++", "--sample-steps", "6", "--step-schedule", "logsnr",
+    evaluated = run_main("--evaluate", "--sampler", "dpm++", "--sample-steps", "6", "--step-schedule", "logsnr",
                         "--clip-x0", "dynamic", "--n-samples", "6", "--data-root", "data", "--device", "cpu", cwd=work)
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads((work / "runs" / "quality_mnist_dpm++6_clip-dynamic_logsnr.json").read_text())

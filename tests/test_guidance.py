@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 import main
-from conftest import ROOT, read_gif
+from conftest import read_gif
 from datagen import make_mnist
 from diffusion_model import DiffusionModel, diffusion_loss
 from unet import add_label, label_embedding, make_unet
@@ -141,23 +139,18 @@ def test_guidance_interval_guides_only_its_steps(monkeypatch):
             sample(ddpm, 3, "cpu", gif_name=None, labels=labels, guidance=2.0, guidance_interval=bad)
 
 
-def _main(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
-
-
-def test_class_conditional_run_end_to_end(tmp_path):
+def test_class_conditional_run_end_to_end(tmp_path, run_main):
     make_mnist(tmp_path / "data", n_train=40, n_test=10)
     common = ("--data-root", "data", "--quiet")
-    done = _main("--dataset", "mnist", "--train", "--class-cond", "--epochs", "1", "--channels", "8",
+    done = run_main("--dataset", "mnist", "--train", "--class-cond", "--epochs", "1", "--channels", "8",
                  "--batch-size", "20", *common, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    done = _main("--sample", "--digit", "3", "--gif", "three.gif", "--n-samples", "4", "--sampler", "dpm++",
+    done = run_main("--sample", "--digit", "3", "--gif", "three.gif", "--n-samples", "4", "--sampler", "dpm++",
                  "--sample-steps", "4", "--frames-per-gif", "3", *common, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     frames, _ = read_gif(tmp_path / "three.gif")
     assert frames[0].shape == (56, 56)  # 4 samples, 2x2
-    done = _main("--sample", "--n-samples", "20", "--sampler", "ddim", "--sample-steps", "3", *common,
+    done = run_main("--sample", "--n-samples", "20", "--sampler", "ddim", "--sample-steps", "3", *common,
                  cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     grid = np.array(Image.open(tmp_path / "runs" / "samples_mnist.png"))
