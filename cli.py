@@ -24,12 +24,14 @@ DEFAULT_DATASET = "mnist"
 # --epochs by dataset: what trains in about an hour on this project's 2-core CPU with --fast and the
 # default network (README, "Results of real runs").
 DEFAULT_EPOCHS = {"mnist": 11, "persian": 20}
-DEFAULT_PREDICTION = {"mnist": "eps", "persian": "v"}
-DEFAULT_LOSS_WEIGHTING = {"mnist": "min-snr", "persian": "min-snr-v"}
+# The recipe of the noisiest steps, on both datasets as measured (README: "MNIST, the default recipe" and
+# "Persian digits: the noisiest steps"). A run to --resume keeps its own.
+DEFAULT_PREDICTION = "v"
+DEFAULT_LOSS_WEIGHTING = "min-snr-v"
 # Classifier-free guidance of --sample and --evaluate by the checkpoint's dataset, as measured (README: "MNIST,
 # class-conditional" and "Persian digits, the noisiest steps"): (W, the share of T up to which W applies, the
 # steps 0 <= t <= share x T; None: every step). MNIST: W = 3 at t <= 0.45 T (guidance at the middle steps is
-# what costs Frechet distance); Persian: 1.5 at every step.
+# what costs Frechet distance; measured on an eps-prediction run); Persian: 1.5 at every step.
 DEFAULT_GUIDANCE: dict[str, tuple[float, float | None]] = {"mnist": (3.0, 0.45), "persian": (1.5, None)}
 
 
@@ -189,14 +191,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     model.add_argument("--prediction", choices=PREDICTIONS, default=None,
                        help="what the network predicts: 'eps', the noise (the paper), or 'v' (Salimans and Ho "
                             "2022), turned into the noise so that every sampler works unchanged (default: "
-                            + ", ".join(f"{k} {v}" for k, v in DEFAULT_PREDICTION.items()) + ")")
+                            f"{DEFAULT_PREDICTION})")
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=positive_int, default=None,
                        help="training epochs (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
-                            + "; about 55 and 45 minutes on 2 CPU cores with --fast)")
+                            + "; about 51 and 41 minutes on 2 CPU cores with --fast)")
     train.add_argument("--batch-size", type=positive_int, default=128,
                        help="images per batch and per process (under torchrun the global batch is "
                             "this times the number of processes)")
@@ -221,7 +223,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                        help="'none' is Eq. 8 (every time step alike); 'min-snr' weights each image's error by "
                             "min(SNR, gamma)/SNR (Hang et al. 2023); 'min-snr-v' puts these weights on the "
                             "error of v, Eq. 8's error / abar_t (more weight on the noisiest steps) (default: "
-                            + ", ".join(f"{k} {v}" for k, v in DEFAULT_LOSS_WEIGHTING.items()) + ")")
+                            f"{DEFAULT_LOSS_WEIGHTING})")
     train.add_argument("--snr-gamma", type=positive_float, default=5.0, help="'min-snr', 'min-snr-v': the cap gamma")
     train.add_argument("--class-cond", action="store_true",
                        help="train a class-conditional model (a label embedding added to the time embedding) "
@@ -321,9 +323,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.epochs = DEFAULT_EPOCHS[args.dataset]
     if args.dataset is not None and not args.resume:  # (--resume: the run's, set when it is read)
         if args.prediction is None:
-            args.prediction = DEFAULT_PREDICTION[args.dataset]
+            args.prediction = DEFAULT_PREDICTION
         if args.loss_weighting is None:
-            args.loss_weighting = DEFAULT_LOSS_WEIGHTING[args.dataset]
+            args.loss_weighting = DEFAULT_LOSS_WEIGHTING
     if args.schedule_shift is None and not args.resume:
         args.schedule_shift = 1.0
     if (args.class_cond or args.label_drop != 0.1) and not args.train:

@@ -452,10 +452,11 @@ def test_the_cli_builds_each_datasets_default_network():
     chosen = main.new_model(parse_args(["--dataset", "persian", "--train", "--patch-size", "2", "--channels", "8"]),
                             torch.device("cpu"))
     assert chosen.backward_process_model.config["patch_size"] == 2
-    # the recipe of the noisiest steps (README: "Persian digits: the noisiest steps") is Persian's default only
-    assert (persian.prediction, mnist.prediction) == ("v", "eps")
+    # the recipe of the noisiest steps (README: "Persian digits: the noisiest steps"), measured on both datasets
+    assert (persian.prediction, mnist.prediction) == ("v", "v")
     assert [parse_args(["--dataset", d, "--train"]).loss_weighting for d in ("persian", "mnist")] == \
-        ["min-snr-v", "min-snr"]
+        ["min-snr-v", "min-snr-v"]
+    assert parse_args(["--train", "--prediction", "eps", "--loss-weighting", "min-snr"]).prediction == "eps"
 
 
 def test_a_tiny_persian_run_with_the_default_network_trains_and_samples(tmp_path, monkeypatch, capsys):

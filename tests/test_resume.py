@@ -92,8 +92,8 @@ def test_resume_with_other_settings_is_refused(data, capsys):
     args[args.index("--batch-size") + 1] = "4"
     assert cli.main(args) == 1
     assert "--batch-size 4 (the run: 8)" in capsys.readouterr().err
-    assert cli.main(train_args(data / "run", 2, "--resume", "--prediction", "v")) == 1
-    assert "--prediction v (the run: eps)" in capsys.readouterr().err
+    assert cli.main(train_args(data / "run", 2, "--resume", "--prediction", "eps")) == 1
+    assert "--prediction eps (the run: v)" in capsys.readouterr().err
     assert cli.main(train_args(data / "run", 2, "--resume", "--schedule-shift", "2")) == 1
     assert "--schedule-shift 2.0 (the run: 1.0)" in capsys.readouterr().err
 
