@@ -119,6 +119,9 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path, run_main):
         elsewhere = one_error_line(run_main(*args, "--out-dir", "other", "--checkpoint", "runs/shared.pt",
                                            cwd=tmp_path))  # another output folder, the same checkpoint folder
         assert "runs is in use by another training run" in elsewhere
+        last, deadline = tmp_path / "runs" / "ddpm_mnist_last.pt", time.monotonic() + 60
+        while not last.exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)  # an epoch done: its training loop, which handles SIGTERM, is running
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=120)
