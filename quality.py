@@ -83,6 +83,12 @@ def per_class_accuracy(judge: DigitClassifier, loader: DataLoader, device: torch
             for d in range(N_CLASSES)]
 
 
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """counts[true digit, judged digit] of two vectors of classes (bench/judge_confusion.py)."""
+    return torch.bincount(labels.long() * N_CLASSES + predicted.long(),
+                          minlength=N_CLASSES ** 2).view(N_CLASSES, N_CLASSES)
+
+
 def train_classifier(
     train_loader: DataLoader, val_loader: DataLoader, device: torch.device | str, epochs: int = 2, seed: int = 0
 ) -> tuple[DigitClassifier, float]:

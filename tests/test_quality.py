@@ -75,6 +75,10 @@ def test_the_judges_accuracy_per_class_on_real_images():
     assert per_class[0] == 1.0 and per_class[5] == pytest.approx(2 / 3) and per_class[3] == 0.0
     assert [per_class[d] for d in (1, 2, 4, 6, 7, 8, 9)] == [None] * 7
     assert quality.accuracy(BrightnessJudge(), loader, "cpu") == pytest.approx(5 / 7)
+    counts = quality.confusion_matrix(*quality.predictions(BrightnessJudge(), loader, "cpu"))
+    assert counts.shape == (10, 10) and counts.sum() == 7
+    assert (counts[0, 0], counts[5, 0], counts[5, 5], counts[3, 5]) == (3, 1, 2, 1)  # true 5 read as 0, true 3 as 5
+    assert counts.sum(0)[0] == 4 and counts.sum(1)[5] == 3  # judged as 0; truly 5
 
 
 def test_score_names_the_judged_classes_of_mostly_white_images():
