@@ -18,8 +18,8 @@
 # the rows of another budget); DDPM_ROWS (the rows also scored with the 1000-step sampler, default
 # "paper fixed persian_fixed"; empty on a CPU, where 2000 images of 1000 steps take hours); SEEDS (the
 # sampling seeds, default 0; seed S > 0 writes its report to OUT/ROW/seedS). The README's MNIST default
-# against the previous one, 11 CPU epochs each, DPM-Solver++-40 at two seeds:
-#   SEEDS="0 1" EVAL_FLAGS="--sample-steps 40" DDPM_ROWS= bench/ablation.sh DATA OUT 2000 resattn_lrcos_minsnr resattn_lrcos_minsnrv
+# against the previous one, 11 CPU epochs each, DPM-Solver++-40 at three seeds:
+#   SEEDS="0 1 2" EVAL_FLAGS="--sample-steps 40" DDPM_ROWS= bench/ablation.sh DATA OUT 2000 resattn_lrcos_minsnr resattn_lrcos_minsnrv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}
