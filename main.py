@@ -38,7 +38,7 @@ from checkpoint import (
     refuse_to_replace,
     rescale_position,
 )
-from cli import DEFAULT_DATASET, DEFAULT_EPOCHS, DEFAULT_GUIDANCE, UsageError, parse_args
+from cli import DATA_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_EPOCHS, DEFAULT_GUIDANCE, UsageError, parse_args
 from Dataset import IMAGE_SIZES, DatasetError, get_data_loaders
 from diffusion_model import DiffusionModel
 from ema import EMA
@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> None:
 
 def load_data(args: argparse.Namespace, device: torch.device, dataset: str | None = None, seed: int | None = None):
     """Train and validation loaders of ``dataset`` (default: --dataset) with the CLI's data options."""
-    return get_data_loaders(dataset or args.dataset, args.batch_size, args.data_root,
+    batch_size = args.batch_size or DATA_BATCH_SIZE  # (None: not training, or --resume before the run is read)
+    return get_data_loaders(dataset or args.dataset, batch_size, args.data_root,
                             seed=args.seed if seed is None else seed,
                             rank=distributed.rank(), world_size=distributed.world_size(),
                             num_workers=args.num_workers, device=device, persian_zip=args.persian_zip,
@@ -262,8 +263,9 @@ def resume_point(args: argparse.Namespace, device: torch.device,
     if changed:
         raise UsageError(f"cannot resume {last}: {', '.join(changed)}; resume with the run's settings, or train "
                          "a new run into another --out-dir")
-    if args.loss_weighting is None:  # not given: the run's
-        args.loss_weighting = RUN_SETTINGS["loss_weighting"][1](ckpt)
+    for key in ("loss_weighting", "batch_size"):  # not given: the run's
+        if getattr(args, key) is None:
+            setattr(args, key, RUN_SETTINGS[key][1](ckpt))
     return ddpm, ckpt
 
 

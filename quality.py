@@ -89,6 +89,19 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Ten
                           minlength=N_CLASSES ** 2).view(N_CLASSES, N_CLASSES)
 
 
+def judged_as(probs: torch.Tensor, digit: int) -> dict[str, Any]:
+    """The images a judge reads as ``digit``, from its (N, 10) class probabilities (bench/judged_digit.py):
+    their indices, least sure first; p(digit) of each, in that order; and how often each other digit was
+    the second choice."""
+    chosen = (probs.argmax(1) == digit).nonzero().squeeze(1)
+    sure = probs[chosen, digit]
+    order = sure.argsort()
+    others = probs[chosen].clone()
+    others[:, digit] = -1
+    return dict(indices=chosen[order], sure=sure[order],
+                second_choice=torch.bincount(others.argmax(1), minlength=probs.shape[1]).tolist())
+
+
 def train_classifier(
     train_loader: DataLoader, val_loader: DataLoader, device: torch.device | str, epochs: int = 2, seed: int = 0
 ) -> tuple[DigitClassifier, float]:

@@ -18,8 +18,8 @@
 # the rows of another budget); DDPM_ROWS (the rows also scored with the 1000-step sampler, default
 # "paper fixed persian_fixed"; empty on a CPU, where 2000 images of 1000 steps take hours); SEEDS (the
 # sampling seeds, default 0; seed S > 0 writes its report to OUT/ROW/seedS). The README's MNIST default
-# against the previous one, 11 CPU epochs each, DPM-Solver++-40 at three seeds:
-#   SEEDS="0 1 2" EVAL_FLAGS="--sample-steps 40" DDPM_ROWS= bench/ablation.sh DATA OUT 2000 resattn_lrcos_minsnr resattn_lrcos_minsnrv
+# against the previous ones (eps, then batch 128), 11 CPU epochs each, DPM-Solver++-40 at three seeds:
+#   SEEDS="0 1 2" EVAL_FLAGS="--sample-steps 40" DDPM_ROWS= bench/ablation.sh DATA OUT 2000 resattn_lrcos_minsnr resattn_lrcos_minsnrv resattn_lrcos_minsnrv_b64
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}
@@ -35,7 +35,9 @@ DDPM_ROWS=${DDPM_ROWS-paper fixed persian_fixed}
 SEEDS=${SEEDS:-0}
 RES="--arch resattn"
 # Every row spells out its recipe: the defaults have since moved to the kept one (cosine learning rate,
-# Min-SNR-5, then v-prediction with the error of v); these rows are the ablation as it was measured.
+# Min-SNR-5, then v-prediction with the error of v, then MNIST's batch of 64); these rows are the ablation as
+# it was measured.
+B128="--batch-size 128"
 EPS="--prediction eps"
 STEP="--lr-schedule step"
 NOSNR="--loss-weighting none"
@@ -45,22 +47,23 @@ MINSNRV="--prediction v --loss-weighting min-snr-v"
 FULLRES="$RES --patch-size 1 --channels 32 $EPS"  # the README's Persian rows: full 64x64, eps
 # name -> "dataset epochs flags..."
 declare -A ROWS=(
-  [paper]="mnist 34 --arch paper --ema-decay 0 $EPS $STEP $NOSNR"
-  [fixed]="mnist 34 --arch fixed $EPS $STEP $NOSNR"
-  [resattn]="mnist 11 $RES $EPS $STEP $NOSNR"
-  [resattn_lrcos]="mnist 11 $RES $EPS $LRCOS $NOSNR"
-  [resattn_minsnr]="mnist 11 $RES $EPS $STEP $MINSNR"
-  [resattn_cosine]="mnist 11 $RES $EPS $STEP $NOSNR --schedule cosine"
-  [resattn_lrcos_minsnr]="mnist 11 $RES $EPS $LRCOS $MINSNR"
-  [resattn_lrcos_minsnrv]="mnist 11 $RES $LRCOS $MINSNRV"
-  [resattn_all]="mnist 11 $RES $EPS $LRCOS $MINSNR --schedule cosine"
-  [fixed_lrcos_minsnr]="mnist 34 --arch fixed $EPS $LRCOS $MINSNR"
-  [resattn24_lrcos_minsnr]="mnist 14 $RES --channels 24 $EPS $LRCOS $MINSNR"
+  [paper]="mnist 34 --arch paper --ema-decay 0 $EPS $STEP $NOSNR $B128"
+  [fixed]="mnist 34 --arch fixed $EPS $STEP $NOSNR $B128"
+  [resattn]="mnist 11 $RES $EPS $STEP $NOSNR $B128"
+  [resattn_lrcos]="mnist 11 $RES $EPS $LRCOS $NOSNR $B128"
+  [resattn_minsnr]="mnist 11 $RES $EPS $STEP $MINSNR $B128"
+  [resattn_cosine]="mnist 11 $RES $EPS $STEP $NOSNR --schedule cosine $B128"
+  [resattn_lrcos_minsnr]="mnist 11 $RES $EPS $LRCOS $MINSNR $B128"
+  [resattn_lrcos_minsnrv]="mnist 11 $RES $LRCOS $MINSNRV $B128"
+  [resattn_lrcos_minsnrv_b64]="mnist 11 $RES $LRCOS $MINSNRV --batch-size 64"
+  [resattn_all]="mnist 11 $RES $EPS $LRCOS $MINSNR --schedule cosine $B128"
+  [fixed_lrcos_minsnr]="mnist 34 --arch fixed $EPS $LRCOS $MINSNR $B128"
+  [resattn24_lrcos_minsnr]="mnist 14 $RES --channels 24 $EPS $LRCOS $MINSNR $B128"
   [persian_fixed]="persian 20 --arch fixed $EPS $STEP $NOSNR"
   [persian_resattn]="persian 7 $FULLRES $LRCOS $MINSNR"
   [persian_resattn_cosine]="persian 7 $FULLRES $LRCOS $MINSNR --schedule cosine"
 )
-ORDER=(paper fixed resattn resattn_lrcos resattn_minsnr resattn_cosine resattn_lrcos_minsnr resattn_lrcos_minsnrv resattn_all
+ORDER=(paper fixed resattn resattn_lrcos resattn_minsnr resattn_cosine resattn_lrcos_minsnr resattn_lrcos_minsnrv resattn_lrcos_minsnrv_b64 resattn_all
        fixed_lrcos_minsnr resattn24_lrcos_minsnr persian_fixed persian_resattn persian_resattn_cosine)
 SELECTED=(${*:-${ORDER[@]}})
 mkdir -p "$OUT"

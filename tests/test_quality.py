@@ -81,6 +81,21 @@ def test_the_judges_accuracy_per_class_on_real_images():
     assert counts.sum(0)[0] == 4 and counts.sum(1)[5] == 3  # judged as 0; truly 5
 
 
+def test_judged_as_orders_the_images_of_one_class_least_sure_first():
+    """bench/judged_digit.py: which images are read as 2, how sure, and the runner-up digit of each."""
+    probs = torch.full((5, 10), 0.01)
+    probs[0, 2], probs[0, 8] = 0.60, 0.31  # a 2, 8 second
+    probs[1, 7] = 0.91                     # a 7
+    probs[2, 2], probs[2, 7] = 0.90, 0.01  # a sure 2; ties among the others go to the lowest digit, 0
+    probs[3, 2], probs[3, 7] = 0.45, 0.40  # an unsure 2, 7 second
+    probs[4, 2], probs[4, 3] = 0.80, 0.11  # a 2, 3 second
+    judged = quality.judged_as(probs, 2)
+    assert judged["indices"].tolist() == [3, 0, 4, 2]
+    assert judged["sure"].tolist() == pytest.approx([0.45, 0.60, 0.80, 0.90])
+    assert judged["second_choice"] == [1, 0, 0, 1, 0, 0, 0, 1, 1, 0]
+    assert quality.judged_as(probs, 5)["indices"].tolist() == [] and sum(quality.judged_as(probs, 5)["second_choice"]) == 0
+
+
 def test_score_names_the_judged_classes_of_mostly_white_images():
     """Resized to 64x64, half the real Persian 0s are mostly white: the report says which classes the white
     images are read as, so a white 0 can be told from a white blob."""

@@ -459,6 +459,15 @@ def test_the_cli_builds_each_datasets_default_network():
     assert parse_args(["--train", "--prediction", "eps", "--loss-weighting", "min-snr"]).prediction == "eps"
 
 
+def test_the_training_batch_size_by_dataset():
+    """MNIST trains in batches of 64 (README: "MNIST, the default recipe"), the Persian digits in the paper's 128;
+    a given --batch-size wins; without --train (or with --resume) it is left for the data's or the run's."""
+    assert [parse_args(["--dataset", d, "--train"]).batch_size for d in ("mnist", "persian")] == [64, 128]
+    assert parse_args(["--train"]).batch_size == 64  # the default dataset, MNIST
+    assert parse_args(["--dataset", "persian", "--train", "--batch-size", "32"]).batch_size == 32
+    assert parse_args(["--evaluate"]).batch_size is None and parse_args(["--train", "--resume"]).batch_size is None
+
+
 def test_a_tiny_persian_run_with_the_default_network_trains_and_samples(tmp_path, monkeypatch, capsys):
     """The default 64x64 network end to end: train on a tiny zip, then ``--sample`` with no other flag."""
     import main

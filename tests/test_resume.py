@@ -98,12 +98,15 @@ def test_resume_with_other_settings_is_refused(data, capsys):
     assert "--schedule-shift 2.0 (the run: 1.0)" in capsys.readouterr().err
 
 
-def test_resume_keeps_the_runs_prediction_and_loss_weighting(data):
+def test_resume_keeps_the_runs_prediction_loss_weighting_and_batch_size(data):
     """Options left out on --resume take the run's values, not today's defaults."""
     assert cli.main(train_args(data / "run", 1, "--prediction", "v", "--loss-weighting", "min-snr-v")) == 0
-    assert cli.main(train_args(data / "run", 2, "--resume")) == 0
+    resume = train_args(data / "run", 2, "--resume")
+    del resume[resume.index("--batch-size"):resume.index("--batch-size") + 2]  # the run's 8, not MNIST's 64
+    assert cli.main(resume) == 0
     _, ckpt = final_state(data / "run")
     assert ckpt["train_args"]["loss_weighting"] == "min-snr-v" and ckpt["config"]["prediction"] == "v"
+    assert ckpt["train_args"]["batch_size"] == 8
     assert len(ckpt["history"]["train_loss"]) == 2
 
 
