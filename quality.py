@@ -129,8 +129,10 @@ def load_or_train_judge(
     val_loader: DataLoader,
     device: torch.device | str,
     epochs: int = 2,
+    seed: int = 0,
 ) -> tuple[DigitClassifier, float]:
-    """The cached judge at ``cache_path`` (weights_only load), or a new one trained and cached there."""
+    """The cached judge at ``cache_path`` (weights_only load), or a new one trained and cached there
+    (``epochs`` and ``seed``: of a new one)."""
     cache_path = Path(cache_path)
     if cache_path.is_file():
         try:
@@ -143,7 +145,7 @@ def load_or_train_judge(
         except Exception as exc:  # a stale or broken cache is retrained, not fatal
             log.warning("ignoring the judge cache %s (%s): training a new judge", cache_path, exc)
     log.info("Training the judge classifier (cached at %s)", cache_path)
-    judge, acc = train_classifier(train_loader, val_loader, device, epochs=epochs)
+    judge, acc = train_classifier(train_loader, val_loader, device, epochs=epochs, seed=seed)
     atomic_save(dict(format=JUDGE_FORMAT, version=JUDGE_VERSION, model=judge.state_dict(), val_accuracy=acc),
                 cache_path)
     judge.eval()

@@ -8,6 +8,10 @@ count matches its class histogram) and prints, for the generated images and for 
 images that the judge reads as --digit: how many, how sure it is (quantiles of its probability), and
 which digit it would have named second. The generated ones, least sure first, are saved as a grid
 (--out), to look at what the judge counts.
+
+With --second-judge (another judge cache, from bench/train_judge.py) it also prints that judge's class
+histogram of the same samples and of the real validation images, and how it reads the samples that
+the first judge reads as --digit: is a digit's excess in the samples, or in the judge?
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from cli import parse_args  # noqa: E402
 from Dataset import get_data_loaders  # noqa: E402
 from figures import save_grid  # noqa: E402
 from main import open_checkpoint, sampler_options  # noqa: E402
-from quality import N_CLASSES, DigitClassifier, judge_outputs, judged_as  # noqa: E402
+from quality import (  # noqa: E402
+    N_CLASSES,
+    DigitClassifier,
+    class_histogram,
+    confusion_matrix,
+    judge_outputs,
+    judged_as,
+)
 from utils import sample  # noqa: E402
 
 
@@ -41,6 +52,13 @@ def describe(name: str, probs: torch.Tensor, digit: int) -> torch.Tensor:
     return judged["indices"]
 
 
+def load_judge(path: str) -> DigitClassifier:
+    """A judge from its cache file (written by --evaluate or bench/train_judge.py)."""
+    judge = DigitClassifier()
+    judge.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return judge
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="the model to sample (its EMA weights, as --evaluate)")
@@ -52,11 +70,11 @@ def main() -> None:
     p.add_argument("--n-samples", type=int, default=2000, help="as --evaluate's --n-samples")
     p.add_argument("--seed", type=int, default=0, help="as --evaluate's --seed")
     p.add_argument("--out", default="judged_digit.png", help="the grid of the generated images judged --digit")
+    p.add_argument("--second-judge", default=None, help="another judge cache (bench/train_judge.py) to compare")
     args = p.parse_args()
     cli_args = parse_args(["--evaluate", "--sampler", args.sampler, "--sample-steps", args.sample_steps])
     ddpm, ckpt = open_checkpoint(Path(args.checkpoint), torch.device("cpu"), use_ema=True)
-    judge = DigitClassifier()
-    judge.load_state_dict(torch.load(args.judge, map_location="cpu", weights_only=True)["model"])
+    judge = load_judge(args.judge)
     samples = sample(ddpm, args.n_samples, "cpu", gif_name=None, seed=args.seed, **sampler_options(cli_args, ddpm))
     _, generated = judge_outputs(judge, samples, "cpu")
     split_seed = ckpt.get("train_args", {}).get("seed", args.seed)
@@ -66,6 +84,19 @@ def main() -> None:
     describe("real validation images", real, args.digit)
     save_grid(samples[order], args.out)
     print(f"saved {len(order)} images judged {args.digit}, least sure first: {args.out}")
+    if args.second_judge:
+        second = load_judge(args.second_judge)
+        _, generated2 = judge_outputs(second, samples, "cpu")
+        _, real2 = judge_outputs(second, val_loader, "cpu")
+        print(f"second judge {args.second_judge}:")
+        for name, first, other in (("generated", generated, generated2), ("real validation", real, real2)):
+            differ = int((first.argmax(1) != other.argmax(1)).sum())
+            print(f"  {name}, classes 0-9: first judge {' '.join(map(str, class_histogram(first)))}; "
+                  f"second judge {' '.join(map(str, class_histogram(other)))}; "
+                  f"read differently: {differ} of {len(first)} ({differ / len(first):.2%})")
+        crossed = confusion_matrix(generated2.argmax(1), generated.argmax(1))  # rows: the first judge's reading
+        print(f"  generated, judged {args.digit} by the first judge; the second reads them as 0-9: "
+              f"{' '.join(map(str, crossed[args.digit].tolist()))}")
 
 
 if __name__ == "__main__":

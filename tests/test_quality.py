@@ -132,6 +132,17 @@ def test_judge_learns_and_is_cached(tmp_path):
     assert "judge accuracy on the validation set: 1.0000" in table and "32 32 0 0" in table
 
 
+def test_a_new_judge_takes_the_given_seed(tmp_path):
+    """bench/train_judge.py: the seed sets a new judge's initial weights, as train_classifier's does."""
+    images = torch.linspace(-1, 1, 8).view(8, 1, 1, 1).expand(8, 1, 28, 28).contiguous()
+    loader = DataLoader(TensorDataset(images, torch.arange(8) % 2), batch_size=8)
+    judge, _ = quality.load_or_train_judge(tmp_path / "a.pt", loader, loader, "cpu", epochs=1, seed=3)
+    same, _ = quality.train_classifier(loader, loader, "cpu", epochs=1, seed=3)
+    other, _ = quality.load_or_train_judge(tmp_path / "b.pt", loader, loader, "cpu", epochs=1, seed=4)
+    assert torch.equal(judge.head.weight, same.head.weight)
+    assert not torch.equal(judge.head.weight, other.head.weight)
+
+
 def test_broken_judge_cache_is_retrained(tmp_path, caplog):
     path = tmp_path / "judge.pt"
     path.write_bytes(b"garbage")
