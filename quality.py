@@ -123,6 +123,13 @@ def train_classifier(
     return judge, accuracy(judge, val_loader, device)
 
 
+def load_judge(path: str | os.PathLike, device: torch.device | str = "cpu") -> DigitClassifier:
+    """The judge in a cache file written by ``load_or_train_judge`` (bench scripts: a given judge, never trained)."""
+    judge = DigitClassifier().to(device)
+    judge.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
+    return judge.eval()
+
+
 def load_or_train_judge(
     cache_path: str | os.PathLike,
     train_loader: DataLoader,

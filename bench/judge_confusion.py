@@ -13,13 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from Dataset import get_data_loaders  # noqa: E402
-from quality import N_CLASSES, DigitClassifier, confusion_matrix, predictions  # noqa: E402
+from quality import N_CLASSES, confusion_matrix, load_judge, predictions  # noqa: E402
 
 
 def main() -> None:
@@ -29,9 +27,7 @@ def main() -> None:
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"), help="the datasets' folder")
     p.add_argument("--seed", type=int, default=0, help="the split seed (Persian's validation set depends on it)")
     args = p.parse_args()
-    cached = torch.load(args.judge, map_location="cpu", weights_only=True)
-    judge = DigitClassifier()
-    judge.load_state_dict(cached["model"])
+    judge = load_judge(args.judge)
     _, val_loader = get_data_loaders(args.dataset, 500, args.data_root, seed=args.seed)
     predicted, labels = predictions(judge, val_loader, "cpu")
     counts = confusion_matrix(predicted, labels)

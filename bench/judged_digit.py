@@ -31,11 +31,11 @@ from figures import save_grid  # noqa: E402
 from main import open_checkpoint, sampler_options  # noqa: E402
 from quality import (  # noqa: E402
     N_CLASSES,
-    DigitClassifier,
     class_histogram,
     confusion_matrix,
     judge_outputs,
     judged_as,
+    load_judge,
 )
 from utils import sample  # noqa: E402
 
@@ -50,13 +50,6 @@ def describe(name: str, probs: torch.Tensor, digit: int) -> torch.Tensor:
           f"below 0.9: {int((sure < 0.9).sum())}, below 0.5: {int((sure < 0.5).sum())}")
     print(f"  second choice 0-9: {' '.join(map(str, judged['second_choice']))}")
     return judged["indices"]
-
-
-def load_judge(path: str) -> DigitClassifier:
-    """A judge from its cache file (written by --evaluate or bench/train_judge.py)."""
-    judge = DigitClassifier()
-    judge.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
-    return judge
 
 
 def main() -> None:

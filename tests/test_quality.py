@@ -132,6 +132,15 @@ def test_judge_learns_and_is_cached(tmp_path):
     assert "judge accuracy on the validation set: 1.0000" in table and "32 32 0 0" in table
 
 
+def test_load_judge_reads_the_cache_that_load_or_train_judge_writes(tmp_path):
+    images = torch.linspace(-1, 1, 8).view(8, 1, 1, 1).expand(8, 1, 28, 28).contiguous()
+    loader = DataLoader(TensorDataset(images, torch.arange(8) % 2), batch_size=8)
+    judge, _ = quality.load_or_train_judge(tmp_path / "j.pt", loader, loader, "cpu", epochs=1)
+    loaded = quality.load_judge(tmp_path / "j.pt")
+    assert not loaded.training
+    assert torch.equal(quality.judge_outputs(loaded, images, "cpu")[1], quality.judge_outputs(judge, images, "cpu")[1])
+
+
 def test_a_new_judge_takes_the_given_seed(tmp_path):
     """bench/train_judge.py: the seed sets a new judge's initial weights, as train_classifier's does."""
     images = torch.linspace(-1, 1, 8).view(8, 1, 1, 1).expand(8, 1, 28, 28).contiguous()
