@@ -234,7 +234,7 @@ def score(
         class_histogram=class_histogram(probs),
         **saturation(samples),
         # Not every white image is a failure: resized to 64x64, half the real Persian 0s (a dot) are mostly white.
-        mostly_white_classes=class_histogram(probs[mostly_white(samples)]),
+        mostly_white_classes=class_histogram(probs[mostly_white(samples).to(probs.device)]),
     )
 
 

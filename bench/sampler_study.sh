@@ -8,7 +8,15 @@
 #   diagnosis  deterministic DDIM, no clipping, uniform steps, at 10, 20, 50, 100 and all 1000 steps
 #   ddpm       the 1000-step sampler with --clip-x0 $CLIP
 #   variance   the 1000-step sampler with the posterior variance (no clipping)
-# The table: python bench/quality_table.py OUT/quality_*.json
+#   trained    for a well-trained model (issue 11's default): DPM-Solver++ at 20 and 40 uniform steps and at
+#              40 log-SNR steps (x0 clipped), and the 1000-step sampler as the paper writes it, with x0
+#              clipped, and with the posterior variance and x0 clipped
+#   headline   DPM-Solver++ at 40 uniform steps, x0 clipped (the README's MNIST headline sampler)
+# Environment: PYTHON; SEEDS (sampling seeds, default 0; seed S > 0 writes to OUT/seedS); JOBS (evaluations
+# at once, default 1: on a CPU one at a time; the judge must then be in OUT/judges already); DEVICE (default
+# auto). Issue 11's sampler table (on a lent GPU; the judge copied from a CPU run):
+#   SEEDS="0 1 2" JOBS=18 DEVICE=cuda bench/sampler_study.sh runs/mnist_default/ddpm_mnist.pt DATA OUT 2000 trained
+# The table: python bench/quality_table.py OUT/quality_*.json OUT/seed*/quality_*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=$1
@@ -20,10 +28,21 @@ PHASES=${*:-options reference fewstep diagnosis ddpm variance}
 CLIP=${CLIP:-clip}
 SCHEDULE=${SCHEDULE:-uniform}
 PY=${PYTHON:-python}
-ev() {
-  echo "$(date +%T) evaluate $*" >&2
-  $PY main.py --evaluate --checkpoint "$CKPT" --n-samples "$N" --seed 0 --data-root "$DATA" \
-    --judge-dir "$OUT/judges" --out-dir "$OUT" --quiet "$@"
+SEEDS=${SEEDS:-0}
+JOBS=${JOBS:-1}
+DEVICE=${DEVICE:-auto}
+throttle() { while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done; }
+ev() {  # one evaluation per seed, up to JOBS at once
+  local seed out
+  for seed in $SEEDS; do
+    out=$OUT
+    [ "$seed" = 0 ] || out=$OUT/seed$seed
+    throttle
+    echo "$(date +%T) evaluate seed $seed $*" >&2
+    $PY main.py --evaluate --checkpoint "$CKPT" --n-samples "$N" --seed "$seed" --device "$DEVICE" \
+      --data-root "$DATA" --judge-dir "$OUT/judges" --out-dir "$out" --quiet "$@" \
+      || echo "$(date +%T) evaluate seed $seed $* failed" >&2 &
+  done
 }
 for phase in $PHASES; do
   case $phase in
@@ -40,6 +59,14 @@ for phase in $PHASES; do
       for steps in 10 20 50 100 1000; do ev --sampler ddim --sample-steps "$steps"; done ;;
     ddpm) ev --sampler ddpm --clip-x0 "$CLIP" ;;
     variance) ev --sampler ddpm --reverse-variance posterior ;;
+    headline) ev --sampler dpm++ --sample-steps 40 --clip-x0 clip ;;
+    trained)
+      for steps in 20 40; do ev --sampler dpm++ --sample-steps "$steps" --clip-x0 clip; done
+      ev --sampler dpm++ --sample-steps 40 --clip-x0 clip --step-schedule logsnr
+      ev --sampler ddpm --clip-x0 none
+      ev --sampler ddpm --clip-x0 clip
+      ev --sampler ddpm --reverse-variance posterior --clip-x0 clip ;;
     *) echo "unknown phase $phase" >&2; exit 2 ;;
   esac
 done
+wait

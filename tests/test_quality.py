@@ -56,7 +56,7 @@ class BrightnessJudge(torch.nn.Module):
         return torch.stack([x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3))], 1)
 
     def head(self, f: torch.Tensor) -> torch.Tensor:
-        logits = torch.zeros(len(f), 10)
+        logits = torch.zeros(len(f), 10, device=f.device)
         logits[:, 0] = 10 * f[:, 0]
         logits[:, 5] = -10 * f[:, 0]
         return logits
@@ -107,6 +107,17 @@ def test_score_names_the_judged_classes_of_mostly_white_images():
     assert row["mostly_white_classes"] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     assert quality.score(BrightnessJudge(), digit, torch.randn(50, 2, dtype=torch.float64),
                          "cpu")["mostly_white_classes"] == [0] * 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_score_of_samples_on_cuda():
+    """--evaluate --device cuda: the samples arrive on the GPU, the judge's outputs come back on the CPU."""
+    white = torch.ones(2, 1, 10, 10)
+    digit = -torch.ones(3, 1, 10, 10)
+    digit[..., 2:8, 4:6] = 1
+    samples = torch.cat([white, digit]).cuda()
+    row = quality.score(BrightnessJudge().cuda(), samples, torch.randn(50, 2, dtype=torch.float64), "cuda")
+    assert row["mostly_white_classes"] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 
 
 def test_judge_learns_and_is_cached(tmp_path):
