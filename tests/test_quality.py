@@ -96,12 +96,18 @@ def test_judged_as_orders_the_images_of_one_class_least_sure_first():
     assert quality.judged_as(probs, 5)["indices"].tolist() == [] and sum(quality.judged_as(probs, 5)["second_choice"]) == 0
 
 
-def test_score_names_the_judged_classes_of_mostly_white_images():
-    """Resized to 64x64, half the real Persian 0s are mostly white: the report says which classes the white
-    images are read as, so a white 0 can be told from a white blob."""
+def white_and_digit_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two all-white images and three dark images with a bright bar (a stroke)."""
     white = torch.ones(2, 1, 10, 10)
     digit = -torch.ones(3, 1, 10, 10)
     digit[..., 2:8, 4:6] = 1
+    return white, digit
+
+
+def test_score_names_the_judged_classes_of_mostly_white_images():
+    """Resized to 64x64, half the real Persian 0s are mostly white: the report says which classes the white
+    images are read as, so a white 0 can be told from a white blob."""
+    white, digit = white_and_digit_images()
     row = quality.score(BrightnessJudge(), torch.cat([white, digit]), torch.randn(50, 2, dtype=torch.float64), "cpu")
     assert row["mostly_white"] == pytest.approx(0.4) and row["class_histogram"] == [2, 0, 0, 0, 0, 3, 0, 0, 0, 0]
     assert row["mostly_white_classes"] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 0]
@@ -112,10 +118,7 @@ def test_score_names_the_judged_classes_of_mostly_white_images():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_score_of_samples_on_cuda():
     """--evaluate --device cuda: the samples arrive on the GPU, the judge's outputs come back on the CPU."""
-    white = torch.ones(2, 1, 10, 10)
-    digit = -torch.ones(3, 1, 10, 10)
-    digit[..., 2:8, 4:6] = 1
-    samples = torch.cat([white, digit]).cuda()
+    samples = torch.cat(white_and_digit_images()).cuda()
     row = quality.score(BrightnessJudge().cuda(), samples, torch.randn(50, 2, dtype=torch.float64), "cuda")
     assert row["mostly_white_classes"] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 
