@@ -26,12 +26,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, ra
 from torchvision import datasets
 from torchvision.transforms import Compose, Lambda, Resize, ToTensor
 
+from config import DATASETS as CONFIG_DATASETS
 from files import DEFAULT_DATA_ROOT, DatasetError, PathLike, error_text, is_writable_dir
 from persian_files import prepare_persian_digits
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SIZES = {"mnist": 28, "persian": 64}
+IMAGE_SIZES = {name: info.image_size for name, info in CONFIG_DATASETS.items()}
 DATASETS = tuple(IMAGE_SIZES)
 
 MNIST_FILES = (

@@ -9,36 +9,27 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
-from Dataset import DATASETS
-from diffusion_model import BETA_SCHEDULES, CLIP_MODES, PREDICTIONS, STEP_SCHEDULES, VARIANCES
+from config import (ARCHITECTURES, BETA_SCHEDULES, DATASETS, DEFAULT_DATASET, LIMITS, LOSS_WEIGHTINGS,
+                    LR_SCHEDULES, MODEL_FIELDS, PREDICTIONS, RECIPES, TRAIN_FIELDS, ModelSettings, SettingError,
+                    TrainSettings, resolve)
+from diffusion_model import CLIP_MODES, STEP_SCHEDULES, VARIANCES
 from fastpath import PARTS, RECOMMENDED, describe, parse_parts
 from figures import DISPLAY_MODES
-from recipe import LOSS_WEIGHTINGS, LR_SCHEDULES
-from unet import ARCHITECTURES, PAPER_ARCHITECTURES
-from utils import DEFAULT_CLIP_X0, DEFAULT_SAMPLE_STEPS, SAMPLERS
+from samplers import SAMPLERS
+
+# The sampler options of the command line, as the sampler classes name them (``Sampler.options``).
+SAMPLER_FLAGS = {"variance": "--reverse-variance", "step_schedule": "--step-schedule", "eta": "--eta"}
 
 
-DEFAULT_DATASET = "mnist"
-# --epochs by dataset: what trains in about an hour on this project's 2-core CPU with --fast and the
-# default network (README, "Results of real runs").
-DEFAULT_EPOCHS = {"mnist": 11, "persian": 20}
-# --batch-size of --train by dataset: on MNIST 64 beat the paper's 128 at equal epochs (twice the updates for
-# about 4% more time; README, "MNIST, the default recipe"); the Persian digits keep 128 (not measured there).
-# A run to --resume keeps its own; the other uses of the data (--evaluate's judge, --figures) batch by
-# DATA_BATCH_SIZE unless --batch-size is given.
-DEFAULT_BATCH_SIZE = {"mnist": 64, "persian": 128}
-DATA_BATCH_SIZE = 128
-# The recipe of the noisiest steps, on both datasets as measured (README: "MNIST, the default recipe" and
-# "Persian digits: the noisiest steps"). A run to --resume keeps its own.
-DEFAULT_PREDICTION = "v"
-DEFAULT_LOSS_WEIGHTING = "min-snr-v"
-# Classifier-free guidance of --sample and --evaluate by the checkpoint's dataset, as measured (README: "MNIST,
-# class-conditional" and "Persian digits, the noisiest steps"): (W, the share of T up to which W applies, the
-# steps 0 <= t <= share x T; None: every step). MNIST: W = 3 at t <= 0.45 T (guidance at the middle steps is
-# what costs Frechet distance; measured on an eps-prediction run); Persian: 1.5 at every step.
-DEFAULT_GUIDANCE: dict[str, tuple[float, float | None]] = {"mnist": (3.0, 0.45), "persian": (1.5, None)}
+def _default(cls: type, name: str) -> Any:
+    return cls.__dataclass_fields__[name].default
+
+
+def per_dataset(attribute: str) -> str:
+    """``mnist 11, persian 20``: a dataset fact for every dataset, for help texts."""
+    return ", ".join(f"{name} {getattr(info, attribute)}" for name, info in DATASETS.items())
 
 
 class DefaultsOnceFormatter(argparse.HelpFormatter):
@@ -115,6 +106,18 @@ def step_interval(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def bounded_int(name: str) -> Callable[[str], int]:
+    """argparse type of a size: an integer in 1..``config.LIMITS[name]`` (a checkpoint is held to the same)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not 1 <= value <= LIMITS[name]:
+            raise argparse.ArgumentTypeError(f"must be an integer in 1..{LIMITS[name]}, got {text}")
+        return value
+
+    return parse
+
+
 def fast_parts(text: str) -> frozenset[str]:
     """argparse type of --fast-parts: a comma-separated list of ``fastpath.PARTS``."""
     try:
@@ -170,73 +173,86 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    model = p.add_argument_group("model and diffusion schedule (training; sampling reads them from the checkpoint)")
-    model.add_argument("--timesteps", type=positive_int, default=1000, help="number of diffusion steps T")
-    model.add_argument("--beta-start", type=open_unit_interval, default=1e-4, help="beta_1 of the linear schedule")
-    model.add_argument("--beta-end", type=open_unit_interval, default=0.02, help="beta_T of the linear schedule")
-    model.add_argument("--time-emb-dim", type=positive_int, default=100, help="width of the sinusoidal time embedding")
-    model.add_argument("--arch", choices=ARCHITECTURES, default="resattn",
+    model = p.add_argument_group("model and diffusion schedule (training; sampling reads them from the checkpoint; "
+                                 "every default is config.ModelSettings')")
+    m = lambda name: _default(ModelSettings, name)  # noqa: E731
+    model.add_argument("--recipe", choices=tuple(RECIPES), default="default",
+                       help="'default': the package's measured recipe; 'paper': the paper's own (Figure 11's network, "
+                            "noise prediction, Figure 12's StepLR, batches of 128, no EMA, no loss weighting, "
+                            "10 epochs); any option below still overrides its part")
+    model.add_argument("--timesteps", type=bounded_int("timesteps"), default=None,
+                       help=f"number of diffusion steps T (default: {m('timesteps')})")
+    model.add_argument("--beta-start", type=open_unit_interval, default=None,
+                       help=f"beta_1 of the linear schedule (default: {m('beta_start')})")
+    model.add_argument("--beta-end", type=open_unit_interval, default=None,
+                       help=f"beta_T of the linear schedule (default: {m('beta_end')})")
+    model.add_argument("--time-emb-dim", type=bounded_int("time_emb_dim"), default=None,
+                       help=f"width of the sinusoidal time embedding (default: {m('time_emb_dim')})")
+    model.add_argument("--arch", choices=ARCHITECTURES, default=None,
                        help="network: 'paper' is Figure 11 (blind to brightness and contrast); 'fixed' is Figure 11 "
                             "without LayerNorm on the raw input; 'resattn' is a small modern UNet (residual "
                             "blocks, GroupNorm, scale-shift time modulation, self-attention at the lowest "
-                            "resolution; the default, as measured in the README)")
-    model.add_argument("--channels", type=positive_int, default=None,
-                       help="'resattn': channels at full resolution (default: 32 at 28x28, 48 at 64x64; "
-                            "doubled at lower resolutions)")
-    model.add_argument("--patch-size", type=positive_int, default=None,
-                       help="'resattn': the network works on a grid of P x P pixel patches (default: 1 at 28x28, "
-                            "4 at 64x64, as measured in the README)")
-    model.add_argument("--dropout", type=unit_interval, default=None, help="'resattn': dropout in each residual "
-                       "block (default 0)")
-    model.add_argument("--schedule", choices=BETA_SCHEDULES, default="linear",
+                            f"resolution) (default: {m('arch')}, as measured in docs/results.md)")
+    model.add_argument("--channels", type=bounded_int("channels"), default=None,
+                       help="'resattn': channels at full resolution, doubled at lower resolutions (default: "
+                            f"{per_dataset('channels')})")
+    model.add_argument("--patch-size", type=bounded_int("patch_size"), default=None,
+                       help="'resattn': the network works on a grid of P x P pixel patches (default: "
+                            f"{per_dataset('patch_size')}, as measured in docs/results.md)")
+    model.add_argument("--dropout", type=unit_interval, default=None,
+                       help="'resattn': dropout in each residual block (default 0)")
+    model.add_argument("--schedule", choices=BETA_SCHEDULES, default=None,
                        help="noise schedule: 'linear' in beta (the paper, with --beta-start/--beta-end) or "
-                            "'cosine' in alpha_bar (Nichol and Dhariwal 2021)")
+                            f"'cosine' in alpha_bar (Nichol and Dhariwal 2021) (default: {m('schedule')})")
     model.add_argument("--schedule-shift", type=positive_float, default=None,
                        help="divide the schedule's signal-to-noise ratio at every step by S^2 (Hoogeboom et al. "
                             "2023), as if the images were S times smaller (default: 1, the schedule unchanged)")
     model.add_argument("--prediction", choices=PREDICTIONS, default=None,
                        help="what the network predicts: 'eps', the noise (the paper), or 'v' (Salimans and Ho "
                             "2022), turned into the noise so that every sampler works unchanged (default: "
-                            f"{DEFAULT_PREDICTION})")
+                            f"{m('prediction')})")
+    model.add_argument("--class-cond", action="store_true", default=None,
+                       help="train a class-conditional model (a label embedding added to the time embedding) "
+                            "for classifier-free guidance; sampling then takes --digit and --guidance")
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    train = p.add_argument_group("training")
+    train = p.add_argument_group("training (every default is config.TrainSettings')")
+    d = lambda name: _default(TrainSettings, name)  # noqa: E731
     train.add_argument("--epochs", type=positive_int, default=None,
-                       help="training epochs (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
-                            + "; about 56 and 41 minutes on 2 CPU cores with --fast)")
+                       help=f"training epochs (default: {per_dataset('epochs')}; see the README for the time)")
     train.add_argument("--batch-size", type=positive_int, default=None,
                        help="images per batch and per process (under torchrun the global batch is this times "
-                            "the number of processes; default: "
-                            + ", ".join(f"{k} {v}" for k, v in DEFAULT_BATCH_SIZE.items()) + ")")
-    train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
-    train.add_argument("--lr-step", type=positive_int, default=10,
-                       help="--lr-schedule step: epochs between learning-rate cuts")
-    train.add_argument("--resume", action="store_true",
-                       help="continue training from the last checkpoint (CHECKPOINT with _last) up to --epochs "
-                            "in total: weights, EMA, optimizer, scheduler, epoch, history and random state")
-    train.add_argument("--overwrite", action="store_true",
-                       help="let a new training replace the run already in --out-dir for this dataset "
-                            "(without it, that is refused)")
-    train.add_argument("--ema-decay", type=non_negative_float, default=0.999,
-                       help="decay of the exponential moving average of the weights (with warm-up); 0 turns it off")
-    train.add_argument("--lr-gamma", type=positive_float, default=0.5, help="--lr-schedule step: factor of each cut")
-    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
+                            f"the number of processes; default: {per_dataset('batch_size')})")
+    train.add_argument("--lr", type=positive_float, default=None, help=f"Adam learning rate (default: {d('lr')})")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                        help="'step' is Figure 12's StepLR (--lr-step, --lr-gamma); 'cosine' decays to 0 over the "
-                            "run, per step, after --warmup-steps")
+                            f"run, per step, after --warmup-steps (default: {d('lr_schedule')})")
+    train.add_argument("--lr-step", type=positive_int, default=None,
+                       help=f"--lr-schedule step: epochs between learning-rate cuts (default: {d('lr_step')})")
+    train.add_argument("--lr-gamma", type=positive_float, default=None,
+                       help=f"--lr-schedule step: factor of each cut (default: {d('lr_gamma')})")
     train.add_argument("--warmup-steps", type=non_negative_int, default=None,
                        help="'cosine': optimizer steps of linear learning-rate warm-up (default 500)")
     train.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None,
                        help="'none' is Eq. 8 (every time step alike); 'min-snr' weights each image's error by "
                             "min(SNR, gamma)/SNR (Hang et al. 2023); 'min-snr-v' puts these weights on the "
                             "error of v, Eq. 8's error / abar_t (more weight on the noisiest steps) (default: "
-                            f"{DEFAULT_LOSS_WEIGHTING})")
-    train.add_argument("--snr-gamma", type=positive_float, default=5.0, help="'min-snr', 'min-snr-v': the cap gamma")
-    train.add_argument("--class-cond", action="store_true",
-                       help="train a class-conditional model (a label embedding added to the time embedding) "
-                            "for classifier-free guidance; sampling then takes --digit and --guidance")
-    train.add_argument("--label-drop", type=unit_interval, default=0.1,
-                       help="--class-cond: probability that a training label is replaced by 'no label'")
+                            f"{d('loss_weighting')})")
+    train.add_argument("--snr-gamma", type=positive_float, default=None,
+                       help=f"'min-snr', 'min-snr-v': the cap gamma (default: {d('snr_gamma')})")
+    train.add_argument("--label-drop", type=unit_interval, default=None,
+                       help="--class-cond: probability that a training label is replaced by 'no label' "
+                            f"(default: {d('label_drop')})")
+    train.add_argument("--ema-decay", type=unit_interval, default=None,
+                       help="decay of the exponential moving average of the weights (with warm-up); 0 turns it "
+                            f"off (default: {d('ema_decay')})")
+    train.add_argument("--resume", action="store_true",
+                       help="continue training from the last checkpoint (CHECKPOINT with _last) up to --epochs "
+                            "in total: weights, EMA, optimizer, scheduler, epoch, history and random state")
+    train.add_argument("--overwrite", action="store_true",
+                       help="let a new training replace the run already in --out-dir for this dataset "
+                            "(without it, that is refused)")
     train.add_argument("--fast", action="store_true",
                        help="train with the fast-path parts chosen for this device type (CPU, measured by "
                             f"bench/bench_speed.py: {describe(RECOMMENDED['cpu'])}; CUDA, not measured "
@@ -249,28 +265,34 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     samp = p.add_argument_group("sampling")
     samp.add_argument("--checkpoint", default=None,
-                      help="checkpoint to write (--train) and read (--sample); default: OUT_DIR/ddpm_DATASET.pt; to sample, the one checkpoint in --out-dir")
+                      help="checkpoint to write (--train) and read (--sample); default: OUT_DIR/ddpm_DATASET.pt; "
+                           "to sample, the one checkpoint in --out-dir")
     samp.add_argument("--n-samples", type=positive_int, default=16, help="images to generate")
     samp.add_argument("--gif", default=None, help="also write the reverse process as a GIF to this path")
     samp.add_argument("--frames-per-gif", type=positive_int, default=100, help="frames of the GIF before the hold")
-    samp.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+    samp.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddpm",
                       help="'ddpm' is Algorithm 2 (every step); 'ddim' is Song et al. (2021) and 'dpm++' is "
                            "DPM-Solver++(2M) (Lu et al. 2022), both with fewer steps")
     samp.add_argument("--sample-steps", type=positive_int, default=None,
-                      help="DDIM and DPM-Solver++: network evaluations (default: DDIM "
-                           f"{DEFAULT_SAMPLE_STEPS['ddim']}, DPM-Solver++ {DEFAULT_SAMPLE_STEPS['dpm++']}); "
-                           "DDPM always uses all T")
-    samp.add_argument("--step-schedule", choices=STEP_SCHEDULES, default="uniform",
-                      help="DDIM and DPM-Solver++: steps evenly spaced in t ('uniform') or in log-SNR ('logsnr')")
+                      help="network evaluations of the few-step samplers (default: " + ", ".join(
+                          f"{name} {cls.default_steps}" for name, cls in SAMPLERS.items() if cls.default_steps)
+                           + "); DDPM always uses all T")
+    samp.add_argument("--step-schedule", choices=STEP_SCHEDULES, default=None,
+                      help="DDIM and DPM-Solver++: steps evenly spaced in t ('uniform', the default) or in log-SNR "
+                           "('logsnr')")
     samp.add_argument("--clip-x0", choices=CLIP_MODES, default=None,
                       help="every sampler: keep the predicted x0 in [-1, 1] before each update: 'none' is "
                            "Algorithm 2 as the paper writes it, 'clip' clamps, 'dynamic' is dynamic thresholding "
-                           "(default, as measured: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_CLIP_X0.items()) + ")")
-    samp.add_argument("--reverse-variance", choices=VARIANCES, default="beta",
-                      help="DDPM: sigma_t^2 of each reverse step, 'beta' (beta_t, the paper) or "
+                           "(default, as measured: " + ", ".join(f"{name} {cls.default_clip}"
+                                                                 for name, cls in SAMPLERS.items()) + ")")
+    samp.add_argument("--reverse-variance", dest="variance", choices=VARIANCES, default=None,
+                      help="DDPM: sigma_t^2 of each reverse step, 'beta' (beta_t, the paper, the default) or "
                            "'posterior' (beta-tilde_t, the forward posterior's variance)")
-    samp.add_argument("--eta", type=non_negative_float, default=0.0,
-                      help="DDIM noise scale: 0 is deterministic, 1 is DDPM-like")
+    samp.add_argument("--eta", type=non_negative_float, default=None,
+                      help="DDIM noise scale: 0 is deterministic (the default), 1 is DDPM-like")
+    samp.add_argument("--sample-batch", type=positive_int, default=None,
+                      help="--sample and --evaluate draw the images in batches of this many, so memory stays flat "
+                           "in --n-samples; the images do not depend on it (default: 250)")
     samp.add_argument("--bpd-images", type=non_negative_int, default=0,
                       help="--evaluate: also bound the likelihood (bits/dim) on this many validation images "
                            "(T network passes per image)")
@@ -280,7 +302,10 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     samp.add_argument("--guidance", type=non_negative_float, default=None,
                       help="class-conditional checkpoints: classifier-free guidance weight W, "
                            "eps_uncond + W (eps_cond - eps_uncond): 0 unconditional, 1 conditional (default, as "
-                           "measured: MNIST 3 at the steps t <= 0.45 T, Persian 1.5 at every step)")
+                           "measured: " + ", ".join(
+                               f"{name} {info.guidance:g}" + (" at every step" if info.guidance_share is None
+                                                              else f" at the steps t <= {info.guidance_share:g} T")
+                               for name, info in DATASETS.items()) + ")")
     samp.add_argument("--guidance-interval", type=step_interval, default=None, metavar="LO,HI",
                       help="class-conditional checkpoints: guide with W only at the time steps LO <= t <= HI and "
                            "draw plain conditional (W = 1) at the others (Kynkaanniemi et al. 2024); default: "
@@ -304,7 +329,25 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--quiet", action="store_true", help="log warnings and errors only, no progress bars")
 
 
+def settings_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The model and training settings on the command line (None: not given)."""
+    return {name: getattr(args, name) for name in MODEL_FIELDS + TRAIN_FIELDS}
+
+
+def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler options on the command line (None: not given), as ``samplers.make_sampler`` takes them."""
+    return dict(clip_x0=args.clip_x0, **{name: getattr(args, name) for name in SAMPLER_FLAGS})
+
+
+def dataset_of(args: argparse.Namespace) -> str | None:
+    """--dataset; for a new training or --figures without it, the default dataset; else None (the checkpoint's)."""
+    if args.dataset is None and ((args.train and not args.resume) or args.figures):
+        return DEFAULT_DATASET
+    return args.dataset
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed options, checked alone and against each other; nothing is filled in or changed afterwards."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.train or args.sample or args.figures or args.evaluate):
@@ -313,32 +356,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--figures with --resume needs --dataset (the figures are drawn before the run is read)")
     if args.overwrite and (not args.train or args.resume):
         parser.error("--overwrite needs --train without --resume")
-    if args.dataset is None and ((args.train and not args.resume) or args.figures):
-        args.dataset = DEFAULT_DATASET  # (--resume takes the run's; --sample the checkpoint's)
-    if args.timesteps > 1 and args.beta_end <= args.beta_start:
+    if args.train and not args.resume:
+        try:
+            resolve(settings_given(args), dataset_of(args), args.recipe)
+        except SettingError as exc:
+            parser.error(str(exc))
+    elif args.beta_start is not None and args.beta_end is not None and args.beta_end <= args.beta_start:
         parser.error(f"--beta-end ({args.beta_end}) must be larger than --beta-start ({args.beta_start})")
-    if not 0.0 <= args.ema_decay < 1.0:
-        parser.error(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
-    if args.arch in PAPER_ARCHITECTURES and not all(v is None for v in (args.channels, args.dropout,
-                                                                         args.patch_size)):
-        parser.error(f"--channels, --dropout and --patch-size need --arch resattn (the '{args.arch}' UNet is fixed)")
-    if args.warmup_steps and args.lr_schedule != "cosine":
-        parser.error("--warmup-steps needs --lr-schedule cosine")
-    if args.warmup_steps is None:
-        args.warmup_steps = 500 if args.lr_schedule == "cosine" else 0
-    if args.epochs is None and args.dataset is not None:  # (--resume without --dataset: set from the run)
-        args.epochs = DEFAULT_EPOCHS[args.dataset]
-    if args.dataset is not None and not args.resume:  # (--resume: the run's, set when it is read)
-        if args.prediction is None:
-            args.prediction = DEFAULT_PREDICTION
-        if args.loss_weighting is None:
-            args.loss_weighting = DEFAULT_LOSS_WEIGHTING
-        if args.batch_size is None and args.train:
-            args.batch_size = DEFAULT_BATCH_SIZE[args.dataset]
-    if args.schedule_shift is None and not args.resume:
-        args.schedule_shift = 1.0
-    if (args.class_cond or args.label_drop != 0.1) and not args.train:
+    if (args.class_cond or args.label_drop is not None) and not args.train:
         parser.error("--class-cond and --label-drop need --train")
+    if args.recipe != "default" and (not args.train or args.resume):
+        parser.error("--recipe needs --train without --resume (a run keeps its recipe)")
     if (args.digit is not None or args.guidance is not None or args.guidance_interval is not None) \
             and not (args.sample or args.evaluate):
         parser.error("--digit, --guidance and --guidance-interval need --sample or --evaluate")
@@ -350,12 +378,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--fast and --fast-parts need --train")
     if args.fast and args.fast_parts is not None:
         parser.error("give --fast or --fast-parts, not both")
-    if args.eta != 0 and args.sampler != "ddim":
-        parser.error("--eta needs --sampler ddim")
-    if args.reverse_variance != "beta" and args.sampler != "ddpm":
-        parser.error("--reverse-variance needs --sampler ddpm (the few-step samplers fix their own variance)")
-    if args.step_schedule != "uniform" and args.sampler == "ddpm":
-        parser.error("--step-schedule needs --sampler ddim or dpm++ (DDPM visits every step)")
+    takes = SAMPLERS[args.sampler].options
+    for name, flag in SAMPLER_FLAGS.items():
+        if getattr(args, name) is not None and name not in takes:
+            users = " or ".join(n for n, cls in SAMPLERS.items() if name in cls.options)
+            parser.error(f"{flag} needs --sampler {users}")
     if (args.bpd_images or args.judge_dir) and not args.evaluate:
         parser.error("--bpd-images and --judge-dir need --evaluate")
     return args

@@ -88,6 +88,13 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, hold: int, f
     write_atomic(path, buffer.getvalue())
 
 
+def save_sampling_gif(frames: Sequence[torch.Tensor], path: str | os.PathLike, display: str = "clamp",
+                      cols: int | None = None) -> None:
+    """The reverse process as a GIF (Figure 14): each frame (a batch of images) tiled into a grid, the last
+    held for a third as many extra frames (the listing's hold sits outside its loop and never runs: fixed)."""
+    save_gif([tile(frame, display, cols) for frame in frames], path, hold=len(frames) // 3)
+
+
 def save_grid(images: torch.Tensor, path: str | os.PathLike, display: str = "clamp", cols: int | None = None) -> None:
     """Save a batch of images as one PNG grid at native resolution (Figures 16 and 18), ``cols`` per row."""
     buffer = io.BytesIO()

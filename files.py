@@ -21,11 +21,13 @@ import io
 import json
 import logging
 import os
+import signal
 import socket
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import torch
 
@@ -142,6 +144,32 @@ def atomic_save(payload: Any, path: PathLike) -> Path:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return write_atomic(path, buffer.getvalue())
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs; they are delivered, in order, when it ends.
+
+    So a Ctrl-C (a second one too) during a checkpoint save waits for the
+    complete file instead of leaving none. Python runs signal handlers in the
+    main thread whichever thread the signal reached, so the handlers are swapped
+    for a recorder (blocking the signal would hold back only the calling
+    thread's share). A no-op outside the main thread, where handlers cannot be set.
+    """
+    received: list[int] = []
+    try:
+        previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in received:
+            signal.raise_signal(signum)
 
 
 def write_json(path: PathLike, obj: Any) -> Path:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from files import atomic_save
+from files import atomic_save, writable_beside_data
 from distributed import progress_bar
 
 log = logging.getLogger(__name__)
@@ -259,3 +259,35 @@ def format_table(rows: dict[str, dict[str, Any]], judge_accuracy: float) -> str:
         lines.append(f"{name:<32} {r['n']:>6} {r['frechet_distance']:>9.3f} {r['classifier_score']:>9.3f} "
                      f"{r['mostly_white']:>6.1%} {r['blank']:>6.1%}  {' '.join(map(str, r['class_histogram']))}")
     return "\n".join(lines)
+
+
+def report_name(dataset: str, sampler: dict[str, Any], guidance: float | None = None,
+                guidance_interval: tuple[int, int] | None = None) -> str:
+    """``quality_<dataset>_<sampler><steps>[_clip-<mode>][_logsnr][_posterior][_eta<E>][_w<W>[_t<LO>-<HI>]].json``
+    for --evaluate, from a sampler's ``settings()`` (``_w<W>``: the guidance weight of a class-conditional
+    checkpoint, ``_t<LO>-<HI>`` its --guidance-interval)."""
+    name = f"quality_{dataset}_{sampler['sampler']}{sampler['sample_steps']}"
+    if sampler["clip_x0"] != "none":
+        name += f"_clip-{sampler['clip_x0']}"
+    if sampler.get("step_schedule", "uniform") != "uniform":
+        name += f"_{sampler['step_schedule']}"
+    if sampler.get("variance", "beta") != "beta":
+        name += f"_{sampler['variance']}"
+    if sampler.get("eta", 0):
+        name += f"_eta{sampler['eta']:g}"
+    if guidance is not None:
+        name += f"_w{guidance:g}"
+        if guidance_interval is not None:
+            name += f"_t{guidance_interval[0]}-{guidance_interval[1]}"
+    return name + ".json"
+
+
+def judge_cache(judge_dir: str | os.PathLike | None, data_root: str | os.PathLike, dataset: str,
+                split_seed: int) -> Path:
+    """Where the judge classifier is cached: ``judge_dir``, else beside the data, else ./data/judges.
+
+    The Persian split depends on the seed, so its judges are cached per split seed.
+    """
+    name = f"judge_{dataset}.pt" if dataset == "mnist" else f"judge_{dataset}_split{split_seed}.pt"
+    folder = Path(judge_dir) if judge_dir else writable_beside_data(data_root, "judges")
+    return folder / name

@@ -39,15 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config import ARCHITECTURES, PAPER_ARCHITECTURES  # noqa: F401  (the choices of make_unet)
+
 SUPPORTED_IMAGE_SIZES = (28, 64)
-ARCHITECTURES = ("paper", "fixed", "resattn")
-PAPER_ARCHITECTURES = ("paper", "fixed")  # MyUNet; "resattn" is ResAttnUNet
 # ResAttnUNet's channel multipliers per resolution of its grid (the image size over the patch size):
 # 28 -> 14 -> 7, 16 -> 8 -> 4 (a 64x64 image in 4x4 patches), 32 -> 16 -> 8 and 64 -> 32 -> 16 -> 8.
 DEFAULT_CHANNEL_MULTS = {28: (1, 2, 2), 16: (1, 2, 2), 32: (1, 2, 2), 64: (1, 2, 2, 2)}
-# The CLI's ResAttnUNet per image size: 64x64 images in 4x4 patches, 48 channels (README, issue 16).
-DEFAULT_PATCH_SIZE = {28: 1, 64: 4}
-DEFAULT_BASE_CHANNELS = {28: 32, 64: 48}
 
 
 def sinusoidal_embedding(n: int, d: int) -> torch.Tensor:

@@ -20,24 +20,143 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
 import numpy as np
 import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 import distributed
-from checkpoint import TrainState, last_checkpoint_path
-from diffusion_model import CLIP_MODES, DiffusionModel, diffusion_loss, get_loss, threshold_x0, timestep_schedule
+from checkpoint import last_checkpoint_path, model_config, save_checkpoint
+from diffusion_model import DiffusionModel, diffusion_loss, get_loss
 from distributed import progress_bar
-from figures import save_gif, save_grid, save_loss_curves, tile
+from ema import EMA
+from figures import save_loss_curves
+from files import signals_deferred
+from samplers import Sampler, make_sampler
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
-DEFAULT_SAMPLE_STEPS = {"ddim": 50, "dpm++": 20}
-# Clipping the predicted x0, per sampler, as measured on the default MNIST checkpoint (README, "Few-step
-# sampling"): it lowers the Frechet distance of DDIM-20 from 478 to 160 and of DPM-Solver++-20 from 401
-# to 125 (N = 2000). The 1000-step sampler keeps Algorithm 2 as the paper writes it.
-DEFAULT_CLIP_X0 = {"ddpm": "none", "ddim": "clip", "dpm++": "clip"}
+
+# --------------------------------------------------------------------------- the state of a training run
+
+
+def new_history() -> dict[str, list[float]]:
+    """Per-epoch ``train_loss``, ``val_loss``, ``lr`` and ``epoch_seconds``, empty."""
+    return dict(train_loss=[], val_loss=[], lr=[], epoch_seconds=[])
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's global random state (CPU, and CUDA when training there)."""
+    return dict(torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+@dataclass
+class TrainState:
+    """Everything a training run carries from one step to the next, with its one step, save and restore.
+
+    ``model`` is what the forward pass runs: ``ddpm`` itself, or its
+    ``DistributedDataParallel`` wrapper under torchrun. ``epoch`` counts the
+    finished epochs; ``batch``, ``loss_sum`` and ``seen`` are the position and
+    partial training-loss sums inside an interrupted epoch (all 0 between
+    epochs). ``dataset`` and ``train_args`` are recorded in the checkpoint.
+    The scheduler steps after every optimizer step when ``scheduler_per_step``
+    (the cosine schedule), else once per epoch (Figure 12's StepLR).
+    """
+
+    ddpm: DiffusionModel
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler | None = None
+    ema: EMA | None = None
+    model: nn.Module | None = None
+    dataset: str = ""
+    train_args: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=new_history)
+    scheduler_per_step: bool = False
+    epoch: int = 0
+    batch: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = self.ddpm
+        if self.scheduler is None:  # Figure 12's schedule
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=10, gamma=0.5)
+
+    def step(self, x0: torch.Tensor, loss_fn: Callable[..., torch.Tensor],
+             y: torch.Tensor | None = None) -> torch.Tensor:
+        """One optimisation step on a batch (Algorithm 1): loss, gradient, Adam step, EMA update.
+
+        ``y``: the batch's labels, for a class-conditional model (``loss_fn(x0, y)``).
+        """
+        loss = loss_fn(x0) if y is None else loss_fn(x0, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler_per_step:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.ddpm.backward_process_model)
+        return loss
+
+    def progress(self) -> dict[str, Any]:
+        return dict(epoch=self.epoch, batch=self.batch, loss_sum=self.loss_sum, seen=self.seen)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole state to ``path`` (rank 0 writes; every rank must call it: it gathers random states)."""
+        rngs = distributed.gather_objects(rng_state(self.ddpm.device))
+        if not distributed.is_main_process():
+            return
+        extra = dict(ema=self.ema.state_dict()) if self.ema is not None else {}
+        with signals_deferred():  # a Ctrl-C now waits until the file is complete
+            save_checkpoint(path, self.ddpm, model_config(self.dataset, self.ddpm), history=self.history,
+                            progress=self.progress(), train_args=self.train_args,
+                            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                            rng=rngs, **extra)
+
+    def restore(self, ckpt: dict[str, Any],
+                load_optimizer: Callable[[torch.optim.Optimizer, dict], None] | None = None) -> None:
+        """Continue from a checkpoint dict written by ``save``: everything but the weights, already loaded.
+
+        ``load_optimizer(optimizer, state)`` loads the optimizer state (default:
+        ``optimizer.load_state_dict``; the fast path keeps its Adam kernel).
+        """
+        (load_optimizer or type(self.optimizer).load_state_dict)(self.optimizer, ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None and "ema" in ckpt:
+            self.ema.load_state_dict(ckpt["ema"])
+        rngs, rank = ckpt["rng"], distributed.rank()  # one random state per rank of the run
+        if rank < len(rngs):
+            set_rng_state(rngs[rank], self.ddpm.device)
+        else:  # a rank the run did not have: its own stream, from the seed, the rank and the epoch
+            torch.manual_seed(ckpt["train_args"]["seed"] + 1000 * (int(ckpt["progress"]["epoch"]) + 1) + rank)
+        self.history = ckpt["history"]
+        progress = ckpt["progress"]
+        self.epoch, self.batch = int(progress["epoch"]), int(progress["batch"])
+        self.loss_sum, self.seen = progress["loss_sum"], progress["seen"]
+
+
+def rescale_position(ckpt: dict[str, Any], global_batch: int, n_batches: int) -> dict[str, Any]:
+    """The saved position inside an epoch, in batches of ``global_batch`` images instead of the run's.
+
+    At most ``n_batches``, the new loader's length (each rank's share is padded, so the counts differ).
+    """
+    progress = dict(ckpt["progress"])
+    args = ckpt["train_args"]
+    seen_images = progress["batch"] * args["batch_size"] * args["world_size"]
+    progress["batch"] = min(seen_images // global_batch, n_batches)
+    return progress
 
 
 # --------------------------------------------------------------------------- training
@@ -228,6 +347,19 @@ def _train_epoch(state: TrainState, train_loader: DataLoader, n_epochs: int,
 # --------------------------------------------------------------------------- sampling
 
 
+class Drawn(NamedTuple):
+    """What ``sample`` returns: the images in [-1, 1], the same before clamping, and the GIF's frames.
+
+    ``raw`` is what the last reverse step produced (``figures`` draws it with any
+    display mode); ``frames`` are snapshots of the batch during the reverse
+    process (empty unless asked for), the last one equal to ``raw``.
+    """
+
+    images: torch.Tensor
+    raw: torch.Tensor
+    frames: list[torch.Tensor]
+
+
 def gif_frame_steps(timesteps: int, frames_per_gif: int) -> set[int]:
     """Loop positions (0 = first reverse step) after which a GIF frame is captured.
 
@@ -239,71 +371,28 @@ def gif_frame_steps(timesteps: int, frames_per_gif: int) -> set[int]:
     return set(np.linspace(0, timesteps - 1, min(frames_per_gif, timesteps)).round().astype(int).tolist())
 
 
-def sampling_steps(ddpm: DiffusionModel, sampler: str = "ddpm", sample_steps: int | None = None,
-                   step_schedule: str = "uniform") -> list[int]:
-    """The 0-based time steps a sampler evaluates the network at, from noisiest to cleanest.
-
-    ``ddpm`` (Algorithm 2) visits every step T-1..0. ``ddim`` and ``dpm++``
-    visit ``sample_steps`` steps (default ``DEFAULT_SAMPLE_STEPS``, at most T)
-    from T-1 down to 0, spaced by ``step_schedule`` (``uniform`` in t, or
-    ``logsnr``: see ``diffusion_model.timestep_schedule``); their last update
-    goes from step 0 to the clean image.
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    timesteps = ddpm.timesteps
-    if sample_steps is None:
-        sample_steps = timesteps if sampler == "ddpm" else min(DEFAULT_SAMPLE_STEPS[sampler], timesteps)
-    if not 1 <= sample_steps <= timesteps:
-        raise ValueError(f"sample_steps must lie in 1..{timesteps}, got {sample_steps}")
-    if sampler == "ddpm":
-        if sample_steps != timesteps:
-            raise ValueError("the DDPM sampler (Algorithm 2) visits every time step: use the DDIM or DPM-Solver++ "
-                             "sampler to skip")
-        return list(range(timesteps - 1, -1, -1))
-    return timestep_schedule(ddpm.alpha_bars, sample_steps, step_schedule)
-
-
 def sample(
     ddpm: DiffusionModel,
     n_samples: int = 16,
     device: torch.device | str | None = None,
-    frames_per_gif: int = 100,
-    gif_name: str | os.PathLike | None = "sampling.gif",
-    grid_path: str | os.PathLike | None = None,
     *,
+    sampler: Sampler | str = "ddpm",
     seed: int | None = None,
-    display: str = "clamp",
-    sampler: str = "ddpm",
-    sample_steps: int | None = None,
-    ddim_eta: float = 0.0,
-    clip_x0: str | None = None,
-    step_schedule: str = "uniform",
-    variance: str = "beta",
     labels: torch.Tensor | None = None,
     guidance: float = 1.0,
     guidance_interval: tuple[int, int] | None = None,
-    grid_cols: int | None = None,
-) -> torch.Tensor:
-    """Generate ``n_samples`` images and return them clamped to [-1, 1] (Figure 14).
+    frames_per_gif: int = 0,
+) -> Drawn:
+    """Generate ``n_samples`` images (Figure 14): x_T ~ N(0, I), then one sampler update per step.
 
-    x_T ~ N(0, I) with the shape ``ddpm.image_chw``, then one reverse update per
-    step of ``sampling_steps``: ``ddpm`` is Algorithm 2 (``ddpm.step``, sigma_t^2
-    from ``variance``), ``ddim`` is DDIM (``ddpm.ddim_step`` with noise scale
-    ``ddim_eta``; 0 is deterministic), ``dpm++`` is DPM-Solver++(2M)
-    (``ddpm.dpm_solver_step``). ``clip_x0`` (``none``, ``clip``, ``dynamic``;
-    ``diffusion_model.threshold_x0``) applies to every sampler; None is ``DEFAULT_CLIP_X0[sampler]``.
-
-    With ``gif_name``, ``frames_per_gif`` frames spread across the process are
-    tiled into a grid and written as a GIF whose last frame is held for a
-    third as many extra frames (the listing's hold sits outside its
-    loop and never runs as meant: fixed). With ``grid_path``, the final grid is
-    saved as a PNG.
+    ``sampler``: a ``samplers.Sampler`` (or the name of one, with its defaults):
+    ``ddpm`` is Algorithm 2, ``ddim`` DDIM, ``dpm++`` DPM-Solver++(2M). Each step
+    asks the network for eps_theta(x_t, t) and hands it to ``sampler.step``.
 
     ``seed`` makes the result reproducible (a private generator draws x_T and
-    every z; the global random state is untouched). ``display`` picks how frames
-    are drawn (see ``figures.to_uint8``); the returned tensor is always the model's
-    output clamped to [-1, 1]. ``grid_cols`` sets the images per row of the grid and GIF.
+    every z; the global random state is untouched). With ``frames_per_gif``,
+    that many snapshots spread over the reverse process are returned as
+    ``Drawn.frames`` (the GIF of Figure 14 is ``figures.save_sampling_gif``'s job).
 
     A class-conditional model draws image i of class ``labels[i]`` with
     classifier-free guidance of weight ``guidance`` (``DiffusionModel.guided_backward``),
@@ -318,73 +407,34 @@ def sample(
     if guidance_interval is not None and not 0 <= guidance_interval[0] <= guidance_interval[1] < ddpm.timesteps:
         raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo <= hi < T = {ddpm.timesteps}, "
                          f"got {guidance_interval}")
-    steps = sampling_steps(ddpm, sampler, sample_steps, step_schedule)
+    if isinstance(sampler, str):
+        sampler = make_sampler(sampler, ddpm)
+    steps = sampler.timesteps()
     device = torch.device(device) if device is not None else ddpm.device
     gen = torch.Generator(device=device)
     if seed is None:
         gen.seed()
     else:
         gen.manual_seed(seed)
-    frame_steps = gif_frame_steps(len(steps), frames_per_gif) if gif_name is not None else set()
-    frames: list[np.ndarray] = []
+    frame_steps = gif_frame_steps(len(steps), frames_per_gif) if frames_per_gif else set()
+    frames: list[torch.Tensor] = []
     shape = (n_samples, *ddpm.image_chw)
 
     def noise() -> torch.Tensor:
         return torch.randn(shape, generator=gen, device=device)
 
-    clip_x0 = DEFAULT_CLIP_X0.get(sampler, "none") if clip_x0 is None else clip_x0
-    update = ReverseUpdate(ddpm, sampler, noise, ddim_eta=ddim_eta, clip_x0=clip_x0, variance=variance)
+    sampler.reset()
     was_training = ddpm.training
     ddpm.eval()
     with torch.no_grad():
         x = noise()  # x_T ~ N(0, I)
         t_batch = torch.empty(n_samples, dtype=torch.long, device=device)
         y = labels.to(device) if labels is not None else None
-        for idx, t in enumerate(progress_bar(steps, desc=f"Sampling ({sampler})", leave=False)):
+        for idx, t in enumerate(progress_bar(steps, desc=f"Sampling ({sampler.name})", leave=False)):
             w = guidance if guidance_interval is None or guidance_interval[0] <= t <= guidance_interval[1] else 1.0
             eta_theta = ddpm.guided_backward(x, t_batch.fill_(t), y, w)
-            x = update(x, t, steps[idx + 1] if idx + 1 < len(steps) else -1, eta_theta)
+            x = sampler.step(x, t, steps[idx + 1] if idx + 1 < len(steps) else -1, eta_theta, noise)
             if idx in frame_steps:
-                frames.append(tile(x, display, grid_cols))
+                frames.append(x.detach().to("cpu", copy=True))
     ddpm.train(was_training)
-
-    if gif_name is not None:
-        save_gif(frames, gif_name, hold=len(frames) // 3)
-    if grid_path is not None:
-        save_grid(x, grid_path, display, grid_cols)
-    return x.clamp(-1, 1)
-
-
-class ReverseUpdate:
-    """One sampler's update x_t -> x_{t_prev} given eps_theta(x_t, t); keeps what a multistep solver remembers.
-
-    ``t_prev = -1`` is the clean image (DDIM and DPM-Solver++ end there; Algorithm 2 ends at step 0).
-    """
-
-    def __init__(self, ddpm: DiffusionModel, sampler: str, noise: Callable[[], torch.Tensor], *,
-                 ddim_eta: float = 0.0, clip_x0: str = "none", variance: str = "beta") -> None:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if clip_x0 not in CLIP_MODES:
-            raise ValueError(f"clip_x0 must be one of {CLIP_MODES}, got {clip_x0!r}")
-        if ddim_eta != 0 and sampler != "ddim":
-            raise ValueError("ddim_eta is the DDIM sampler's noise scale: use it with sampler='ddim'")
-        if variance != "beta" and sampler != "ddpm":
-            raise ValueError("the reverse variance is the DDPM sampler's (Algorithm 2): use it with sampler='ddpm'")
-        self.ddpm, self.sampler, self.noise = ddpm, sampler, noise
-        self.ddim_eta, self.clip_x0, self.variance = ddim_eta, clip_x0, variance
-        self.previous: tuple[torch.Tensor, int] | None = None  # DPM-Solver++: the last x0 prediction and its step
-
-    def __call__(self, x: torch.Tensor, t: int, t_prev: int, eta_theta: torch.Tensor) -> torch.Tensor:
-        ddpm = self.ddpm
-        if self.sampler == "ddpm":
-            z = self.noise() if t > 0 else None
-            return ddpm.step(x, t, eta_theta=eta_theta, z=z, clip_x0=self.clip_x0, variance=self.variance).x_prev
-        if self.sampler == "ddim":
-            z = self.noise() if self.ddim_eta > 0 and t_prev >= 0 else None
-            return ddpm.ddim_step(x, t, t_prev, eta_theta=eta_theta, ddim_eta=self.ddim_eta, z=z,
-                                  clip_x0=self.clip_x0).x_prev
-        x0_pred = threshold_x0(ddpm.predict_x0(x, t, eta_theta), self.clip_x0)
-        x_prev = ddpm.dpm_solver_step(x, t, t_prev, x0_pred, self.previous)
-        self.previous = (x0_pred, t)
-        return x_prev
+    return Drawn(x.clamp(-1, 1), x, frames)

@@ -46,13 +46,15 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import fastpath  # noqa: E402
-from Dataset import IMAGE_SIZES, get_data_loaders  # noqa: E402
+from config import DATASETS, ModelSettings  # noqa: E402
+from Dataset import get_data_loaders  # noqa: E402
 from diffusion_model import DiffusionModel  # noqa: E402
 from ema import EMA  # noqa: E402
-from unet import ARCHITECTURES, DEFAULT_BASE_CHANNELS, DEFAULT_PATCH_SIZE, PAPER_ARCHITECTURES, make_unet  # noqa: E402
-from checkpoint import TrainState  # noqa: E402
+from unet import ARCHITECTURES  # noqa: E402
+from checkpoint import build_model  # noqa: E402
 from distributed import resolve_device  # noqa: E402
-from utils import evaluate, sample  # noqa: E402
+from samplers import make_sampler  # noqa: E402
+from utils import TrainState, evaluate, sample  # noqa: E402
 
 # --------------------------------------------------------------------------- memory
 
@@ -88,10 +90,8 @@ def sync(device: torch.device) -> None:
 def build(seed: int, device: torch.device, opts: argparse.Namespace) -> DiffusionModel:
     """A fresh seeded model for ``opts.dataset`` and ``opts.arch`` with the CLI's default sizes."""
     torch.manual_seed(seed)
-    size = IMAGE_SIZES[opts.dataset]
-    extra = {} if opts.arch in PAPER_ARCHITECTURES else dict(base_channels=opts.channels or DEFAULT_BASE_CHANNELS[size],
-                                                              patch_size=opts.patch_size or DEFAULT_PATCH_SIZE[size])
-    return DiffusionModel(make_unet(image_size=size, arch=opts.arch, **extra), device=device)
+    settings = ModelSettings(arch=opts.arch, channels=opts.channels, patch_size=opts.patch_size, prediction="eps")
+    return build_model(settings.model_config(opts.dataset), device)
 
 
 def train_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -141,11 +141,10 @@ def sample_run(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]
     ddpm = build(opts.seed, device, opts).eval()
     steps = opts.sample_steps if opts.sampler != "ddpm" else None
     # Warm the kernels at this batch size (2 DDIM steps), so neither sampler pays their set-up.
-    sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler="ddim", sample_steps=2, gif_name=None)
+    sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler=make_sampler("ddim", ddpm, 2))
     reset_peak(device)
     start = time.perf_counter()
-    sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler=opts.sampler, sample_steps=steps, gif_name=None,
-           clip_x0="clip")
+    sample(ddpm, opts.n_samples, device, seed=opts.seed, sampler=make_sampler(opts.sampler, ddpm, steps, clip_x0="clip"))
     sync(device)
     seconds = time.perf_counter() - start
     return dict(name=f"{opts.sampler}-{steps or ddpm.timesteps}", seconds=seconds, images=opts.n_samples,
@@ -263,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-epoch", action="store_true", help="skip the whole-epoch comparison")
     p.add_argument("--sampling-only", action="store_true", help="measure the samplers alone")
     p.add_argument("--skip-sampling", action="store_true", help="skip the samplers")
-    p.add_argument("--dataset", choices=tuple(IMAGE_SIZES), default="mnist", help="the data and image size")
+    p.add_argument("--dataset", choices=tuple(DATASETS), default="mnist", help="the data and image size")
     p.add_argument("--channels", type=int, default=None, help="'resattn': --channels (default: the CLI's)")
     p.add_argument("--patch-size", type=int, default=None, help="'resattn': --patch-size (default: the CLI's)")
     p.add_argument("--arch", choices=ARCHITECTURES, default="resattn",

@@ -25,10 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli import parse_args  # noqa: E402
 from Dataset import get_data_loaders  # noqa: E402
 from figures import save_grid  # noqa: E402
-from main import open_checkpoint, sampler_options  # noqa: E402
+from checkpoint import load_for_sampling  # noqa: E402
+from samplers import make_sampler  # noqa: E402
 from quality import (  # noqa: E402
     N_CLASSES,
     class_histogram,
@@ -65,10 +65,10 @@ def main() -> None:
     p.add_argument("--out", default="judged_digit.png", help="the grid of the generated images judged --digit")
     p.add_argument("--second-judge", default=None, help="another judge cache (bench/train_judge.py) to compare")
     args = p.parse_args()
-    cli_args = parse_args(["--evaluate", "--sampler", args.sampler, "--sample-steps", args.sample_steps])
-    ddpm, ckpt = open_checkpoint(Path(args.checkpoint), torch.device("cpu"), use_ema=True)
+    ddpm, ckpt, _ = load_for_sampling(Path(args.checkpoint), torch.device("cpu"), use_ema=True)
     judge = load_judge(args.judge)
-    samples = sample(ddpm, args.n_samples, "cpu", gif_name=None, seed=args.seed, **sampler_options(cli_args, ddpm))
+    sampler = make_sampler(args.sampler, ddpm, int(args.sample_steps) if args.sampler != "ddpm" else None)
+    samples = sample(ddpm, args.n_samples, "cpu", seed=args.seed, sampler=sampler).images
     _, generated = judge_outputs(judge, samples, "cpu")
     split_seed = ckpt.get("train_args", {}).get("seed", args.seed)
     _, val_loader = get_data_loaders(ckpt["config"]["dataset"], 500, args.data_root, seed=split_seed)

@@ -104,7 +104,7 @@ def main() -> None:
             r50, r90 = receptive_field(ddpm, images, t)
             print(f"  effective receptive field at t={t}: 50% of the gradient within {r50} px, 90% within {r90} px "
                   f"of the centre (image half-width {size // 2} px)")
-        samples = sample(ddpm, opts.n_samples, "cpu", gif_name=None, seed=0, sampler="dpm++")
+        samples = sample(ddpm, opts.n_samples, "cpu", seed=0, sampler="dpm++").images
         real = torch.stack([train.dataset[i][0] for i in range(min(opts.n_samples, len(train.dataset)))])
         for name, imgs in (("samples", samples), ("real", real)):
             means = imgs.flatten(1).mean(1)

@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli import DATA_BATCH_SIZE  # noqa: E402
+from config import DATA_BATCH_SIZE  # noqa: E402
 from Dataset import DATASETS, get_data_loaders  # noqa: E402
-from main import judge_cache  # noqa: E402
+from quality import judge_cache  # noqa: E402
 from quality import load_or_train_judge  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"), help="the datasets' folder")
     p.add_argument("--judge-dir", required=True, help="the folder to write it to, for --evaluate --judge-dir")
     args = p.parse_args()
-    out = judge_cache(args, args.dataset, args.split_seed)
+    out = judge_cache(args.judge_dir, args.data_root, args.dataset, args.split_seed)
     if out.exists():
         sys.exit(f"{out} exists: a judge is never replaced here (remove it first)")
     train_loader, val_loader = get_data_loaders(args.dataset, DATA_BATCH_SIZE, args.data_root, seed=args.split_seed)

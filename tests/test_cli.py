@@ -106,7 +106,8 @@ def test_user_errors_are_one_line_without_traceback(trained, tmp_path, run_main)
         (["--train", "--epochs", "0"], "--epochs: must be a positive integer, got 0"),
         (["--train", "--batch-size", "-4"], "--batch-size: must be a positive integer, got -4"),
         (["--sample", "--n-samples", "0"], "--n-samples: must be a positive integer, got 0"),
-        (["--train", "--timesteps", "0"], "--timesteps: must be a positive integer, got 0"),
+        (["--train", "--timesteps", "0"], "--timesteps: must be an integer in 1..100000, got 0"),
+        (["--train", "--channels", "100000"], "--channels: must be an integer in 1..512, got 100000"),
         (["--train", "--beta-start", "0.01", "--beta-end", "0.001"], "must be larger than --beta-start"),
         (["--train", "--beta-end", "1.5"], "--beta-end: must lie strictly between 0 and 1, got 1.5"),
         (["--train", "--beta-start", "0"], "--beta-start: must lie strictly between 0 and 1, got 0"),
@@ -158,7 +159,7 @@ def test_ddim_sampling_and_evaluate(trained, run_main):
     assert (work / "data" / "judges" / "judge_mnist.pt").is_file()  # cached beside the data
     assert "judge accuracy on the validation set" in result.stderr
     too_many = run_main("--sample", "--sampler", "ddpm", "--sample-steps", "5", cwd=work)
-    assert too_many.returncode == 1 and "use --sampler ddim or dpm++ to skip" in too_many.stderr
+    assert too_many.returncode == 1 and "sampler to skip (--sampler ddim or dpm++)" in too_many.stderr
 
 
 def test_dpm_solver_sampling_needs_no_other_flag(trained, run_main):
@@ -174,5 +175,4 @@ def test_dpm_solver_sampling_needs_no_other_flag(trained, run_main):
                         "--clip-x0", "dynamic", "--n-samples", "6", "--data-root", "data", "--device", "cpu", cwd=work)
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads((work / "runs" / "quality_mnist_dpm++6_clip-dynamic_logsnr.json").read_text())
-    assert report["sampler"] == dict(sampler="dpm++", sample_steps=6, eta=0.0, clip_x0="dynamic",
-                                     step_schedule="logsnr", variance="beta")
+    assert report["sampler"] == dict(sampler="dpm++", sample_steps=6, clip_x0="dynamic", step_schedule="logsnr")

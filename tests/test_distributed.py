@@ -26,7 +26,7 @@ def _worker(rank: int, world: int, port: int, data_root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     import distributed
-    from checkpoint import TrainState
+    from utils import TrainState
     from Dataset import get_data_loaders
     from diffusion_model import DiffusionModel
     from unet import MyUNet

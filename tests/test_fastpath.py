@@ -15,7 +15,7 @@ from torch.utils.data.distributed import DistributedSampler
 import fastpath
 import main as cli
 import utils
-from checkpoint import TrainState
+from utils import TrainState
 from diffusion_model import DiffusionModel, get_loss
 
 

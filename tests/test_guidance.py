@@ -17,6 +17,7 @@ from conftest import read_gif
 from datagen import make_mnist
 from diffusion_model import DiffusionModel, diffusion_loss
 from unet import add_label, label_embedding, make_unet
+from samplers import make_sampler
 from utils import sample
 
 
@@ -107,13 +108,13 @@ def test_every_sampler_takes_labels_and_guidance(sampler):
     torch.manual_seed(0)
     ddpm = DiffusionModel(_conditional("fixed"), timesteps=20)
     steps = None if sampler == "ddpm" else 5
-    a = sample(ddpm, 3, "cpu", gif_name=None, seed=0, sampler=sampler, sample_steps=steps,
-               labels=torch.tensor([1, 2, 3]), guidance=2.0)
-    b = sample(ddpm, 3, "cpu", gif_name=None, seed=0, sampler=sampler, sample_steps=steps,
-               labels=torch.tensor([4, 5, 6]), guidance=2.0)
+    a = sample(ddpm, 3, "cpu", seed=0, sampler=make_sampler(sampler, ddpm, steps),
+               labels=torch.tensor([1, 2, 3]), guidance=2.0).images
+    b = sample(ddpm, 3, "cpu", seed=0, sampler=make_sampler(sampler, ddpm, steps),
+               labels=torch.tensor([4, 5, 6]), guidance=2.0).images
     assert a.shape == (3, 1, 28, 28) and not torch.equal(a, b)
     with pytest.raises(ValueError, match="one label per sample"):
-        sample(ddpm, 3, "cpu", gif_name=None, labels=torch.tensor([1, 2]))
+        sample(ddpm, 3, "cpu", labels=torch.tensor([1, 2]))
 
 
 def test_guidance_interval_guides_only_its_steps(monkeypatch):
@@ -127,16 +128,16 @@ def test_guidance_interval_guides_only_its_steps(monkeypatch):
 
     monkeypatch.setattr(ddpm, "guided_backward", spy)
     labels = torch.tensor([1, 2, 3])
-    windowed = sample(ddpm, 3, "cpu", gif_name=None, seed=0, labels=labels, guidance=2.0, guidance_interval=(5, 8))
+    windowed = sample(ddpm, 3, "cpu", seed=0, labels=labels, guidance=2.0, guidance_interval=(5, 8)).images
     assert seen == [(t, 2.0 if 5 <= t <= 8 else 1.0) for t in range(19, -1, -1)]  # DDPM: every step, W = 1 outside
-    plain = sample(ddpm, 3, "cpu", gif_name=None, seed=0, labels=labels, guidance=2.0)
-    whole = sample(ddpm, 3, "cpu", gif_name=None, seed=0, labels=labels, guidance=2.0, guidance_interval=(0, 19))
-    conditional = sample(ddpm, 3, "cpu", gif_name=None, seed=0, labels=labels, guidance=1.0)
+    plain = sample(ddpm, 3, "cpu", seed=0, labels=labels, guidance=2.0).images
+    whole = sample(ddpm, 3, "cpu", seed=0, labels=labels, guidance=2.0, guidance_interval=(0, 19)).images
+    conditional = sample(ddpm, 3, "cpu", seed=0, labels=labels, guidance=1.0).images
     assert torch.equal(whole, plain)  # the whole range is plain guidance
     assert not torch.equal(windowed, plain) and not torch.equal(windowed, conditional)
     for bad in [(3, 2), (-1, 4), (0, 20)]:
         with pytest.raises(ValueError, match="guidance_interval must be"):
-            sample(ddpm, 3, "cpu", gif_name=None, labels=labels, guidance=2.0, guidance_interval=bad)
+            sample(ddpm, 3, "cpu", labels=labels, guidance=2.0, guidance_interval=bad)
 
 
 def test_class_conditional_run_end_to_end(tmp_path, run_main):
@@ -185,14 +186,14 @@ def test_guidance_defaults_by_dataset():
     def given(weight=None, interval=None):
         return argparse.Namespace(guidance=weight, guidance_interval=interval)
 
-    assert main.guidance_setting(given(), ddpm, "mnist") == (3.0, (0, 450))  # as measured: t <= 0.45 T
-    assert main.guidance_setting(given(), ddpm, "persian") == (1.5, None)  # every step
-    assert main.guidance_setting(given(2.0), ddpm, "mnist") == (2.0, None)  # a W given alone guides every step
-    assert main.guidance_setting(given(None, (100, 200)), ddpm, "persian") == (1.5, (100, 200))
-    assert main.guidance_setting(given(None, (100, 200)), ddpm, "mnist") == (3.0, (100, 200))
-    assert main.guidance_setting(given(3.0, (0, 999)), ddpm, "mnist") == (3.0, (0, 999))
+    assert main.guidance_of(given(), ddpm, "mnist") == (3.0, (0, 450))  # as measured: t <= 0.45 T
+    assert main.guidance_of(given(), ddpm, "persian") == (1.5, None)  # every step
+    assert main.guidance_of(given(2.0), ddpm, "mnist") == (2.0, None)  # a W given alone guides every step
+    assert main.guidance_of(given(None, (100, 200)), ddpm, "persian") == (1.5, (100, 200))
+    assert main.guidance_of(given(None, (100, 200)), ddpm, "mnist") == (3.0, (100, 200))
+    assert main.guidance_of(given(3.0, (0, 999)), ddpm, "mnist") == (3.0, (0, 999))
     with pytest.raises(main.UsageError, match=r"time steps lie in 0\.\.999 \(the checkpoint's T\), got 1000"):
-        main.guidance_setting(given(None, (0, 1000)), ddpm, "mnist")
+        main.guidance_of(given(None, (0, 1000)), ddpm, "mnist")
 
 
 @pytest.mark.parametrize("argv, code, message", [

@@ -8,11 +8,14 @@ import re
 import pytest
 import torch
 
-from checkpoint import TrainState, build_model, load_checkpoint, model_config, save_checkpoint
-from cli import parse_args
+from checkpoint import build_model, load_checkpoint, model_config, save_checkpoint
+from utils import TrainState
+from cli import dataset_of, parse_args, settings_given
+from config import resolve
 from diffusion_model import DiffusionModel, diffusion_loss
 from recipe import make_scheduler, min_snr_weight, warmup_cosine
 from unet import MyUNet, ResAttnUNet, make_unet
+from samplers import make_sampler
 from utils import sample
 
 
@@ -136,14 +139,14 @@ def test_old_checkpoints_load_and_sample_identically(tmp_path, arch):
     """A checkpoint as the package wrote it before this change (no 'schedule' in its config) samples the same."""
     torch.manual_seed(0)
     ddpm = DiffusionModel(MyUNet(n_steps=10, time_emb_dim=16, image_size=28, arch=arch), timesteps=10)
-    before = sample(ddpm, 3, "cpu", seed=4, gif_name=None)
+    before = sample(ddpm, 3, "cpu", seed=4).images
     config = model_config("mnist", ddpm)
     del config["schedule"]
     path = tmp_path / "old.pt"
     save_checkpoint(path, ddpm, config)
     loaded, _ = load_checkpoint(path)
     assert loaded.schedule == "linear"
-    assert torch.equal(sample(loaded, 3, "cpu", seed=4, gif_name=None), before)
+    assert torch.equal(sample(loaded, 3, "cpu", seed=4).images, before)
 
 
 def test_resattn_checkpoint_round_trip(tmp_path):
@@ -155,8 +158,8 @@ def test_resattn_checkpoint_round_trip(tmp_path):
     loaded, ckpt = load_checkpoint(path)
     assert ckpt["config"]["schedule"] == "cosine" and ckpt["config"]["network"]["base_channels"] == 8
     assert torch.equal(loaded.alpha_bars, ddpm.alpha_bars)
-    assert torch.equal(sample(loaded, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4),
-                       sample(ddpm, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4))
+    assert torch.equal(sample(loaded, 2, "cpu", seed=1, sampler=make_sampler("dpm++", loaded, 4)).images,
+                       sample(ddpm, 2, "cpu", seed=1, sampler=make_sampler("dpm++", ddpm, 4)).images)
 
 
 # --------------------------------------------------------------------------- Min-SNR-gamma
@@ -236,8 +239,8 @@ def test_shifted_schedule_is_recorded_and_round_trips(tmp_path):
     save_checkpoint(path, ddpm, model_config("mnist", ddpm))
     loaded, ckpt = load_checkpoint(path)
     assert ckpt["config"]["schedule_shift"] == 2.0 and torch.equal(loaded.alpha_bars, ddpm.alpha_bars)
-    assert torch.equal(sample(loaded, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4),
-                       sample(ddpm, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4))
+    assert torch.equal(sample(loaded, 2, "cpu", seed=1, sampler=make_sampler("dpm++", loaded, 4)).images,
+                       sample(ddpm, 2, "cpu", seed=1, sampler=make_sampler("dpm++", ddpm, 4)).images)
 
 
 # --------------------------------------------------------------------------- v-prediction
@@ -302,11 +305,11 @@ def test_v_prediction_is_recorded_only_when_chosen_and_round_trips(tmp_path):
     save_checkpoint(path, ddpm, model_config("mnist", ddpm))
     loaded, ckpt = load_checkpoint(path)
     assert ckpt["config"]["prediction"] == "v" and loaded.prediction == "v"
-    assert torch.equal(sample(loaded, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4),
-                       sample(ddpm, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4))
+    assert torch.equal(sample(loaded, 2, "cpu", seed=1, sampler=make_sampler("dpm++", loaded, 4)).images,
+                       sample(ddpm, 2, "cpu", seed=1, sampler=make_sampler("dpm++", ddpm, 4)).images)
     loaded.prediction = "eps"  # the same weights read as eps draw other images: the flag is used
-    assert not torch.equal(sample(loaded, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4),
-                           sample(ddpm, 2, "cpu", seed=1, gif_name=None, sampler="dpm++", sample_steps=4))
+    assert not torch.equal(sample(loaded, 2, "cpu", seed=1, sampler=make_sampler("dpm++", loaded, 4)).images,
+                           sample(ddpm, 2, "cpu", seed=1, sampler=make_sampler("dpm++", ddpm, 4)).images)
 
 
 def test_min_snr_v_weights_the_error_of_v_by_hand():
@@ -439,33 +442,53 @@ def test_build_model_reads_the_recipe_from_the_config():
 # --------------------------------------------------------------------------- the 64x64 default (issue 16)
 
 
+def settings_of(argv: list[str]):
+    """The model and training settings a new run of ``argv`` gets (``config.resolve`` of the parsed options)."""
+    args = parse_args(argv)
+    return resolve(settings_given(args), dataset_of(args), args.recipe)
+
+
 def test_the_cli_builds_each_datasets_default_network():
     import main
 
-    persian = main.new_model(parse_args(["--dataset", "persian", "--train", "--device", "cpu"]), torch.device("cpu"))
+    def network(argv):
+        return main.new_model(settings_of(argv)[0], parse_args(argv).dataset or "mnist", torch.device("cpu"))
+
+    persian = network(["--dataset", "persian", "--train", "--device", "cpu"])
     config = persian.backward_process_model.config
     assert (config["image_size"], config["patch_size"], config["base_channels"], config["channel_mults"]) == \
         (64, 4, 48, [1, 2, 2])
-    mnist = main.new_model(parse_args(["--dataset", "mnist", "--train", "--device", "cpu"]), torch.device("cpu"))
+    mnist = network(["--dataset", "mnist", "--train", "--device", "cpu"])
     config = mnist.backward_process_model.config
     assert "patch_size" not in config and (config["base_channels"], config["channel_mults"]) == (32, [1, 2, 2])
-    chosen = main.new_model(parse_args(["--dataset", "persian", "--train", "--patch-size", "2", "--channels", "8"]),
-                            torch.device("cpu"))
+    chosen = network(["--dataset", "persian", "--train", "--patch-size", "2", "--channels", "8"])
     assert chosen.backward_process_model.config["patch_size"] == 2
-    # the recipe of the noisiest steps (README: "Persian digits: the noisiest steps"), measured on both datasets
+    # the recipe of the noisiest steps (docs/results.md: "Persian digits: the noisiest steps"), on both datasets
     assert (persian.prediction, mnist.prediction) == ("v", "v")
-    assert [parse_args(["--dataset", d, "--train"]).loss_weighting for d in ("persian", "mnist")] == \
+    assert [settings_of(["--dataset", d, "--train"])[1].loss_weighting for d in ("persian", "mnist")] == \
         ["min-snr-v", "min-snr-v"]
-    assert parse_args(["--train", "--prediction", "eps", "--loss-weighting", "min-snr"]).prediction == "eps"
+    assert settings_of(["--train", "--prediction", "eps", "--loss-weighting", "min-snr"])[0].prediction == "eps"
 
 
 def test_the_training_batch_size_by_dataset():
-    """MNIST trains in batches of 64 (README: "MNIST, the default recipe"), the Persian digits in the paper's 128;
-    a given --batch-size wins; without --train (or with --resume) it is left for the data's or the run's."""
-    assert [parse_args(["--dataset", d, "--train"]).batch_size for d in ("mnist", "persian")] == [64, 128]
-    assert parse_args(["--train"]).batch_size == 64  # the default dataset, MNIST
-    assert parse_args(["--dataset", "persian", "--train", "--batch-size", "32"]).batch_size == 32
-    assert parse_args(["--evaluate"]).batch_size is None and parse_args(["--train", "--resume"]).batch_size is None
+    """MNIST trains in batches of 64 (docs/results.md: "MNIST, the default recipe"), the Persian digits in the
+    paper's 128; a given --batch-size wins; parsing alone fills in nothing."""
+    assert [settings_of(["--dataset", d, "--train"])[1].batch_size for d in ("mnist", "persian")] == [64, 128]
+    assert settings_of(["--train"])[1].batch_size == 64  # the default dataset, MNIST
+    assert settings_of(["--dataset", "persian", "--train", "--batch-size", "32"])[1].batch_size == 32
+    assert parse_args(["--train"]).batch_size is None and parse_args(["--train", "--resume"]).batch_size is None
+
+
+def test_the_paper_recipe_is_one_flag_and_each_part_stays_overridable():
+    model, train = settings_of(["--train", "--recipe", "paper"])
+    assert (model.arch, model.prediction, model.channels, model.patch_size) == ("paper", "eps", None, None)
+    assert (train.lr_schedule, train.loss_weighting, train.ema_decay, train.epochs, train.batch_size,
+            train.warmup_steps, train.lr) == ("step", "none", 0.0, 10, 128, 0, 1e-3)
+    model, train = settings_of(["--train", "--recipe", "paper", "--epochs", "3", "--ema-decay", "0.99",
+                                "--arch", "fixed"])
+    assert (model.arch, model.prediction, train.epochs, train.ema_decay) == ("fixed", "eps", 3, 0.99)
+    default_model, default_train = settings_of(["--train"])
+    assert (default_model.arch, default_model.prediction, default_train.lr_schedule) == ("resattn", "v", "cosine")
 
 
 def test_a_tiny_persian_run_with_the_default_network_trains_and_samples(tmp_path, monkeypatch, capsys):

@@ -24,6 +24,7 @@ from conftest import ROOT
 from datagen import make_mnist, persian_members, write_zip
 
 import checkpoint
+import utils
 import cli
 import main
 from checkpoint import load_checkpoint
@@ -204,7 +205,7 @@ def test_a_full_disk_while_writing_the_gif(trained):
 def test_a_second_signal_during_the_save_leaves_a_complete_checkpoint(work, monkeypatch, capsys):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.chdir(work)
-    real_step, real_save = checkpoint.TrainState.step, torch.save
+    real_step, real_save = utils.TrainState.step, torch.save
     steps = {"n": 0}
 
     def step_then_ctrl_c(self, x0, loss_fn, y=None):
@@ -217,7 +218,7 @@ def test_a_second_signal_during_the_save_leaves_a_complete_checkpoint(work, monk
         os.kill(os.getpid(), signal.SIGINT)  # the second one lands inside torch.save
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoint.TrainState, "step", step_then_ctrl_c)
+    monkeypatch.setattr(utils.TrainState, "step", step_then_ctrl_c)
     monkeypatch.setattr(torch, "save", save_with_ctrl_c)
     code = main.main(["--train", "--epochs", "2", "--data-root", "data", *TINY])
     assert code in (130, 143)

@@ -12,7 +12,9 @@ import torch
 from conftest import ZeroNet
 from torch import nn
 
+import samplers
 import utils
+from samplers import SAMPLERS, make_sampler
 from diffusion_model import DiffusionModel, log_snr, threshold_x0, timestep_schedule
 
 # float64 reference of the paper's schedule (Listing 1, Eq. 1 and 5), independent of the module.
@@ -140,8 +142,8 @@ def test_dpm_solver_beats_ddim_on_the_exact_ode_solution_of_gaussian_data():
     assert exact.abs().max() < 1
 
     def error(sampler: str, steps: int) -> float:
-        out = utils.sample(ddpm, 64, gif_name=None, seed=4, sampler=sampler, sample_steps=steps, step_schedule="logsnr",
-                           clip_x0="none")
+        out = utils.sample(ddpm, 64, seed=4, sampler=make_sampler(sampler, ddpm, steps, step_schedule="logsnr",
+                                                                   clip_x0="none")).images
         return (out.double() - exact).pow(2).mean().sqrt().item()
 
     ddim = {n: error("ddim", n) for n in (10, 20, 50, 200)}
@@ -204,34 +206,35 @@ def test_sample_with_every_sampler_and_option_and_refusals():
     ddpm = DiffusionModel(Affine(20), timesteps=20, image_chw=(1, 4, 4))
     outs = {}
     for sampler, kw in [("ddpm", {}), ("ddpm", dict(clip_x0="dynamic", variance="posterior")),
-                        ("ddim", dict(sample_steps=5, clip_x0="clip")),
-                        ("dpm++", dict(sample_steps=5, step_schedule="logsnr", clip_x0="clip")),
-                        ("dpm++", dict(sample_steps=5))]:
-        out = utils.sample(ddpm, 3, gif_name=None, seed=1, sampler=sampler, **kw)
+                        ("ddim", dict(steps=5, clip_x0="clip")),
+                        ("dpm++", dict(steps=5, step_schedule="logsnr", clip_x0="clip")),
+                        ("dpm++", dict(steps=5))]:
+        out = utils.sample(ddpm, 3, seed=1, sampler=make_sampler(sampler, ddpm, **kw)).images
         assert out.shape == (3, 1, 4, 4) and torch.isfinite(out).all()
         outs[(sampler, tuple(kw.items()))] = out
     assert len({o.sum().item() for o in outs.values()}) == len(outs)  # every option changed the result
-    with pytest.raises(ValueError, match="ddim_eta is the DDIM sampler's"):
-        utils.sample(ddpm, 1, gif_name=None, sampler="dpm++", ddim_eta=0.5)
-    with pytest.raises(ValueError, match="reverse variance is the DDPM sampler's"):
-        utils.sample(ddpm, 1, gif_name=None, sampler="ddim", variance="posterior")
+    with pytest.raises(ValueError, match="the dpm.. sampler takes no eta"):
+        make_sampler("dpm++", ddpm, eta=0.5)
+    with pytest.raises(ValueError, match="the ddim sampler takes no variance"):
+        make_sampler("ddim", ddpm, variance="posterior")
     with pytest.raises(ValueError, match="clip_x0 must be one of"):
-        utils.sample(ddpm, 1, gif_name=None, clip_x0="soft")
-    assert utils.sampling_steps(ddpm, "dpm++") == list(range(19, -1, -1))  # default 20 steps, capped at T
+        make_sampler("ddpm", ddpm, clip_x0="soft")
+    assert make_sampler("dpm++", ddpm).timesteps() == list(range(19, -1, -1))  # default 20 steps, capped at T
 
 
 def test_the_clipping_default_is_per_sampler(monkeypatch):
-    used = []
-    real_init = utils.ReverseUpdate.__init__
-
-    def spy(self, *args, **kwargs):
-        used.append(kwargs["clip_x0"])
-        real_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(utils.ReverseUpdate, "__init__", spy)
+    """Algorithm 2 keeps x0 as the paper writes it; the few-step samplers clip it (docs/results.md)."""
     ddpm = DiffusionModel(Affine(20), timesteps=20, image_chw=(1, 2, 2))
-    for sampler in ("ddpm", "ddim", "dpm++"):
-        utils.sample(ddpm, 1, gif_name=None, sampler=sampler, sample_steps=None if sampler == "ddpm" else 5)
-    assert used == ["none", "clip", "clip"] == [utils.DEFAULT_CLIP_X0[s] for s in ("ddpm", "ddim", "dpm++")]
-    utils.sample(ddpm, 1, gif_name=None, sampler="dpm++", sample_steps=5, clip_x0="none")
-    assert used[-1] == "none"  # an explicit choice wins
+    used = {name: make_sampler(name, ddpm, None if name == "ddpm" else 5).clip_x0 for name in SAMPLERS}
+    assert used == {"ddpm": "none", "ddim": "clip", "dpm++": "clip"}
+    assert make_sampler("dpm++", ddpm, 5, clip_x0="none").clip_x0 == "none"  # an explicit choice wins
+    seen = []
+    real = threshold_x0
+
+    def spy(x0, mode="none", *args):
+        seen.append(mode)
+        return real(x0, mode, *args)
+
+    monkeypatch.setattr(samplers, "threshold_x0", spy)
+    utils.sample(ddpm, 1, sampler="dpm++")  # the name alone: the class's defaults
+    assert seen and set(seen) == {"clip"}

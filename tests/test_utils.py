@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import figures
 import utils
-from checkpoint import TrainState
+from samplers import make_sampler
+from utils import TrainState
 from diffusion_model import DiffusionModel
 from ema import EMA
 
@@ -106,7 +107,10 @@ def test_gif_frame_steps():
 def test_sample_gif_grid_and_determinism(tmp_path):
     ddpm = tiny_ddpm(timesteps=12)
     gif, grid = tmp_path / "s.gif", tmp_path / "s.png"
-    out = utils.sample(ddpm, 5, frames_per_gif=6, gif_name=gif, grid_path=grid, seed=1)
+    drawn = utils.sample(ddpm, 5, frames_per_gif=6, seed=1)
+    figures.save_sampling_gif(drawn.frames, gif)
+    figures.save_grid(drawn.raw, grid)
+    out = drawn.images
     assert out.shape == (5, 1, 28, 28) and out.min() >= -1 and out.max() <= 1
     frames, durations = read_gif(gif)
     assert len(frames) == 6 and frames[0].shape == (2 * 28, 3 * 28)
@@ -117,9 +121,9 @@ def test_sample_gif_grid_and_determinism(tmp_path):
     png = imageio.imread(grid)
     assert png.shape == (56, 84)
     assert np.array_equal(png, figures.tile(out)[:, :, 0])  # the grid is the returned samples
-    again = utils.sample(ddpm, 5, frames_per_gif=6, gif_name=None, seed=1)
-    assert torch.equal(out, again)
-    assert not torch.equal(out, utils.sample(ddpm, 5, gif_name=None, seed=2))
+    again = utils.sample(ddpm, 5, seed=1)
+    assert torch.equal(out, again.images) and again.frames == []  # frames only when asked for
+    assert not torch.equal(out, utils.sample(ddpm, 5, seed=2).images)
 
 
 def test_sample_runs_algorithm_2_with_the_reverse_step(monkeypatch):
@@ -133,28 +137,31 @@ def test_sample_runs_algorithm_2_with_the_reverse_step(monkeypatch):
         return real_step(x, t, **kw)
 
     monkeypatch.setattr(ddpm, "step", spy)
-    utils.sample(ddpm, 2, gif_name=None, seed=0)
+    utils.sample(ddpm, 2, seed=0)
     assert calls == [(6, False), (5, False), (4, False), (3, False), (2, False), (1, False), (0, True)]
     with pytest.raises(ValueError, match="n_samples must be >= 1"):
-        utils.sample(ddpm, 0, gif_name=None)
+        utils.sample(ddpm, 0)
 
 
-def test_sampling_steps():
+def test_sampler_timesteps():
     ddpm = DiffusionModel(ZeroNet(), image_chw=(1, 2, 2))
-    assert utils.sampling_steps(tiny_ddpm(timesteps=5)) == [4, 3, 2, 1, 0]
-    ddim = utils.sampling_steps(ddpm, "ddim", 50)
+    assert make_sampler("ddpm", tiny_ddpm(timesteps=5)).timesteps() == [4, 3, 2, 1, 0]
+    ddim = make_sampler("ddim", ddpm, 50).timesteps()
     assert len(ddim) == len(set(ddim)) == 50 and ddim[0] == 999 and ddim[-1] == 0
     assert ddim == sorted(ddim, reverse=True)
-    assert utils.sampling_steps(ddpm, "ddim") == ddim  # DDIM's default: 50 steps
-    assert utils.sampling_steps(ddpm, "ddim", 1) == [999]
-    assert len(utils.sampling_steps(ddpm, "dpm++")) == 20  # DPM-Solver++'s default
-    assert utils.sampling_steps(ddpm, "dpm++", 10, "logsnr") == [999, 886, 757, 603, 410, 202, 73, 22, 5, 0]
+    assert make_sampler("ddim", ddpm).timesteps() == ddim  # DDIM's default: 50 steps
+    assert make_sampler("ddim", ddpm, 1).timesteps() == [999]
+    assert len(make_sampler("dpm++", ddpm).timesteps()) == 20  # DPM-Solver++'s default
+    assert make_sampler("dpm++", ddpm, 10, step_schedule="logsnr").timesteps() == [999, 886, 757, 603, 410, 202, 73,
+                                                                                    22, 5, 0]
     with pytest.raises(ValueError, match="use the DDIM or DPM-Solver.. sampler to skip"):
-        utils.sampling_steps(ddpm, "ddpm", 50)
+        make_sampler("ddpm", ddpm, 50)
     with pytest.raises(ValueError, match=r"sample_steps must lie in 1..1000"):
-        utils.sampling_steps(ddpm, "ddim", 1001)
+        make_sampler("ddim", ddpm, 1001)
     with pytest.raises(ValueError, match="sampler must be one of"):
-        utils.sampling_steps(ddpm, "euler", 10)
+        make_sampler("euler", ddpm, 10)
+    with pytest.raises(ValueError, match="the dpm.. sampler takes no eta"):
+        make_sampler("dpm++", ddpm, 10, eta=0.5)
 
 
 def test_sample_with_ddim(tmp_path, monkeypatch):
@@ -168,11 +175,13 @@ def test_sample_with_ddim(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ddpm, "ddim_step", spy)
     gif = tmp_path / "ddim.gif"
-    out = utils.sample(ddpm, 3, gif_name=gif, frames_per_gif=100, seed=0, sampler="ddim", sample_steps=4, ddim_eta=0.0)
+    drawn = utils.sample(ddpm, 3, frames_per_gif=100, seed=0, sampler=make_sampler("ddim", ddpm, 4, eta=0.0))
+    figures.save_sampling_gif(drawn.frames, gif)
+    out = drawn.images
     assert calls == [(19, 13, True), (13, 6, True), (6, 0, True), (0, -1, True)]
     frames, durations = read_gif(gif)
     assert len(frames) == 4 and durations[-1] == durations[0] * (1 + 4 // 3)  # as many frames as steps
     calls.clear()
-    noisy = utils.sample(ddpm, 3, gif_name=None, seed=0, sampler="ddim", sample_steps=4, ddim_eta=1.0)
+    noisy = utils.sample(ddpm, 3, seed=0, sampler=make_sampler("ddim", ddpm, 4, eta=1.0)).images
     assert [c[2] for c in calls] == [False, False, False, True]  # noise except into x_0
     assert not torch.equal(out, noisy)
