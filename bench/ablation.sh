@@ -8,8 +8,8 @@
 # Epoch times behind the budgets, validation included: measured, 'paper'/'fixed' 104 s on MNIST and
 # 'resattn' 290-298 s; estimated from training img/s, 'resattn --channels 24' about 250 s, Persian
 # 'fixed' about 180 s (the 178-184 s) and Persian 'resattn' 480 s, which a later measurement
-# put at about 13 minutes (2.5 s a batch): its 7 epochs are about 90 minutes, and the package's Persian
-# default is 4. The table: python bench/quality_table.py OUT/*/quality_*.json
+# put at about 13 minutes (2.5 s a batch): its 7 epochs are about 90 minutes (the package's Persian
+# default is now the 4x4-patch network, 20 epochs). The table: python bench/quality_table.py OUT/*/quality_*.json
 #
 # Environment: PYTHON; TRAIN_FLAGS (default --fast; on CUDA, for instance
 # "--fast-parts tensor_data,fused_adam,channels_last,bf16"); JOBS (rows run at once, default 1: on a
@@ -17,7 +17,7 @@
 # DEVICE (default auto); EVAL_FLAGS (more options of --evaluate); EPOCHS (every row's: a smoke run, or
 # the rows of another budget); DDPM_ROWS (the rows also scored with the 1000-step sampler, default
 # "paper fixed persian_fixed"; empty on a CPU, where 2000 images of 1000 steps take hours); SEEDS (the
-# sampling seeds, default 0; seed S > 0 writes its report to OUT/ROW/seedS). The README's MNIST default
+# sampling seeds, default 0; seed S > 0 writes its report to OUT/ROW/seedS). docs/results.md's MNIST default
 # against the previous ones (eps, then batch 128), 11 CPU epochs each, DPM-Solver++-40 at three seeds:
 #   SEEDS="0 1 2" EVAL_FLAGS="--sample-steps 40" DDPM_ROWS= bench/ablation.sh DATA OUT 2000 resattn_lrcos_minsnr resattn_lrcos_minsnrv resattn_lrcos_minsnrv_b64
 set -euo pipefail
@@ -44,7 +44,7 @@ NOSNR="--loss-weighting none"
 LRCOS="--lr-schedule cosine --warmup-steps 500"
 MINSNR="--loss-weighting min-snr"
 MINSNRV="--prediction v --loss-weighting min-snr-v"
-FULLRES="$RES --patch-size 1 --channels 32 $EPS"  # the README's Persian rows: full 64x64, eps
+FULLRES="$RES --patch-size 1 --channels 32 $EPS"  # docs/results.md's Persian rows: full 64x64, eps
 # name -> "dataset epochs flags..."
 declare -A ROWS=(
   [paper]="mnist 34 --arch paper --ema-decay 0 $EPS $STEP $NOSNR $B128"

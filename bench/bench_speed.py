@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--channels", type=int, default=None, help="'resattn': --channels (default: the CLI's)")
     p.add_argument("--patch-size", type=int, default=None, help="'resattn': --patch-size (default: the CLI's)")
     p.add_argument("--arch", choices=ARCHITECTURES, default="resattn",
-                   help="the network (the README's fast-path table was measured with 'fixed')")
+                   help="the network (docs/speed.md's fast-path tables were measured with 'fixed')")
     p.add_argument("--eager-and-fast", action="store_true",
                    help="training: time only the eager path and --fast, not each part alone")
     p.add_argument("--combos", default="",

@@ -5,7 +5,7 @@
 #      checkpoint), copying the run's _last checkpoint to OUT/epochs/ each time it is rewritten (once an epoch);
 #   2. bench/persian_diagnosis.py on the snapshots of epochs 1, 2, 4, 8, ... and the last (loss per time-step
 #      bucket, receptive field, brightness and the mostly-white / blank shares of 200 DPM-Solver++-20 samples:
-#      the per-epoch rows of the README);
+#      the per-epoch rows of docs/results.md);
 #   3. --evaluate of the best checkpoint on N samples (DPM-Solver++-20 and -40, EMA, seed 0), floor beside it.
 # About an hour on 2 CPU cores; not a test.
 set -euo pipefail

@@ -11,7 +11,7 @@
 #   trained    for a well-trained model (issue 11's default): DPM-Solver++ at 20 and 40 uniform steps and at
 #              40 log-SNR steps (x0 clipped), and the 1000-step sampler as the paper writes it, with x0
 #              clipped, and with the posterior variance and x0 clipped
-#   headline   DPM-Solver++ at 40 uniform steps, x0 clipped (the sampler of the README's CPU rows of the MNIST default)
+#   headline   DPM-Solver++ at 40 uniform steps, x0 clipped (the sampler of docs/results.md's CPU rows of the MNIST default)
 # Environment: PYTHON; SEEDS (sampling seeds, default 0; seed S > 0 writes to OUT/seedS); JOBS (evaluations
 # at once, default 1: on a CPU one at a time; the judge must then be in OUT/judges already); DEVICE (default
 # auto). Issue 11's sampler table (on a lent GPU; the judge copied from a CPU run):

@@ -5,8 +5,8 @@
 
 Trains the judge of --evaluate (the same design, data and split) for --epochs with initial weights from
 --seed, and writes it into --judge-dir under the name that ``--evaluate --judge-dir`` looks for. It
-prints its accuracy on the validation images. Every number in the README uses the default judge (2
-epochs, seed 0); the second judge appears only where the README says so.
+prints its accuracy on the validation images. Every number in docs/results.md uses the default judge (2
+epochs, seed 0); the second judge appears only where it says so.
 """
 
 from __future__ import annotations
