@@ -138,5 +138,9 @@ def progress_bar(iterable: Any, logger: logging.Logger | None = None, **kwargs: 
         kwargs["disable"] = True
     if kwargs.get("disable") or is_terminal(kwargs.get("file", sys.stderr)):
         return tqdm(iterable, **kwargs)
+    # tqdm.auto's bar calls iter(iterable) once when built, which for a shuffling DataLoader draws a seed
+    # from torch's generator; so does this branch, so that a run's random stream (the judge's batches)
+    # does not depend on whether stderr is a terminal.
+    iter(iterable)
     return LoggedProgress(iterable, desc=kwargs.get("desc"), total=kwargs.get("total"),
                           initial=kwargs.get("initial", 0), interval=log_interval(), logger=logger)
