@@ -39,7 +39,7 @@ def test_heartbeat_lines_say_where_how_fast_and_how_long(caplog):
 
 
 def test_heartbeat_of_a_resumed_loop_counts_its_own_items(caplog):
-    """initial=90 of total=100, ten items a second: the rate counts the 20 items seen, not the 110 position."""
+    """initial=90 of total=100, five items at ten a second: the rate counts the items seen, not the position 95."""
     caplog.set_level(logging.INFO, logger="ddpm")
     clock = FakeClock(0, *[0.1 * i for i in range(1, 6)])
     wrapper = progress.LoggedProgress(iter(range(5)), desc="Sampling (ddpm)", total=100, initial=90, interval=0.5,
