@@ -6,12 +6,16 @@ no-op for a single process, so the rest of the package does not branch on it.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Callable
+import sys
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
+
+from progress import LoggedProgress, is_terminal, log_interval
 
 
 def launched_by_torchrun() -> bool:
@@ -122,11 +126,21 @@ def main_process_first(prepare: Callable[[], None]) -> None:
         raise MainProcessFailed("rank 0 failed to prepare the run (its error is above); stopping this rank too")
 
 
-def progress_bar(iterable: Any, **kwargs: Any) -> tqdm:
-    """A tqdm bar, shown by rank 0 only and hidden when ``TQDM_DISABLE`` is set (``main.py --quiet``).
+def progress_bar(iterable: Any, logger: logging.Logger | None = None, **kwargs: Any) -> Iterable:
+    """Progress over ``iterable``, shown by rank 0 only and hidden when ``TQDM_DISABLE`` is set (``main.py --quiet``).
 
-    The variable is read at each call (tqdm itself reads it once, at import).
+    On a terminal (stderr, or tqdm's ``file``): a tqdm bar. Elsewhere (a log file, a pipe): no bar and no
+    escape codes, but ``progress.LoggedProgress``, one line through ``logger`` (default ``ddpm``) every
+    ``DDPM_PROGRESS_SECONDS`` (default: a few minutes). The variables are read at each call (tqdm itself
+    reads ``TQDM_DISABLE`` once, at import).
     """
     if not is_main_process() or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
         kwargs["disable"] = True
-    return tqdm(iterable, **kwargs)
+    if kwargs.get("disable") or is_terminal(kwargs.get("file", sys.stderr)):
+        return tqdm(iterable, **kwargs)
+    # tqdm.auto's bar calls iter(iterable) once when built, which for a shuffling DataLoader draws a seed
+    # from torch's generator; so does this branch, so that a run's random stream (the judge's batches)
+    # does not depend on whether stderr is a terminal.
+    iter(iterable)
+    return LoggedProgress(iterable, desc=kwargs.get("desc"), total=kwargs.get("total"),
+                          initial=kwargs.get("initial", 0), interval=log_interval(), logger=logger)

@@ -6,6 +6,13 @@ beside the data. From its penultimate features and its class probabilities:
 
 * ``frechet_distance``: the Frechet distance between Gaussians fitted to the
   features of generated and of validation images (FID's formula, our features);
+  biased: it grows as the number of images shrinks;
+* ``kernel_distance``: the kernel distance (KID's formula, Binkowski et al.
+  2018), an unbiased estimate of the squared MMD, so its expected value does not
+  depend on the number of images; with its standard error over random subsets;
+* ``precision`` and ``recall`` (Kynkaanniemi et al. 2019): the share of
+  generated images that lie on the real images' manifold, and of real images
+  that lie on the generated images' manifold (k-nearest-neighbour balls);
 * ``classifier_score``: exp(E_x KL(p(y|x) || p(y))), the Inception Score's formula;
 * ``class_histogram``: predicted classes, to show mode collapse;
 * ``saturation``: the share of samples that are mostly white or blank (and the
@@ -34,6 +41,7 @@ log = logging.getLogger(__name__)
 JUDGE_FORMAT = "ddpm-tutorial-judge"
 JUDGE_VERSION = 1
 N_CLASSES = 10
+PR_NEIGHBOURS = 3  # k of the k-NN balls of precision and recall (Kynkaanniemi et al. 2019)
 
 
 class DigitClassifier(nn.Module):
@@ -197,6 +205,92 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     return float((mu_a - mu_b).pow(2).sum() + torch.trace(cov_a + cov_b - 2 * cross))
 
 
+def _polynomial_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """KID's kernel ``k(x, y) = (x . y / d + 1)^3`` between the rows of two (N, d) matrices."""
+    return (a @ b.T / a.shape[1] + 1) ** 3
+
+
+def mmd2_unbiased(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The unbiased estimate of the squared MMD between two samples (N, d) and (M, d) with KID's kernel
+    (Binkowski et al. 2018): the kernel means of pairs of distinct points within each sample,
+    less twice the mean over the cross pairs. Its expected value is 0 for two samples of one distribution."""
+    m, n = a.shape[0], b.shape[0]
+    k_aa, k_bb, k_ab = _polynomial_kernel(a, a), _polynomial_kernel(b, b), _polynomial_kernel(a, b)
+    within_a = (k_aa.sum() - k_aa.diagonal().sum()) / (m * (m - 1))
+    within_b = (k_bb.sum() - k_bb.diagonal().sum()) / (n * (n - 1))
+    return float(within_a + within_b - 2 * k_ab.mean())
+
+
+def kernel_distance(features_a: torch.Tensor, features_b: torch.Tensor, subsets: int = 100,
+                    subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """The kernel (inception) distance of Binkowski et al. 2018 between two feature sets (N, d), in float64.
+
+    ``mmd2_unbiased`` of ``subsets`` pairs of random subsets (without replacement, each of
+    ``min(subset_size, N_a, N_b)`` points), drawn from a generator seeded with ``seed``; returns
+    ``(mean, standard error)``, the error being the subsets' standard deviation (with Bessel's
+    correction) over ``sqrt(subsets)``. The subsets overlap, so the error describes the subsampling
+    more than the draw of the images.
+    """
+    a, b = features_a.double(), features_b.double()
+    if subsets < 2:
+        raise ValueError(f"the kernel distance needs at least 2 subsets for its standard error, got {subsets}")
+    size = min(subset_size, a.shape[0], b.shape[0])
+    if size < 2:
+        raise ValueError("the kernel distance needs at least 2 feature vectors per set")
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.tensor([mmd2_unbiased(a[torch.randperm(a.shape[0], generator=generator)[:size]],
+                                         b[torch.randperm(b.shape[0], generator=generator)[:size]])
+                           for _ in range(subsets)], dtype=torch.float64)
+    return float(values.mean()), float(values.std() / subsets ** 0.5)
+
+
+def _block_rows(n_columns: int, budget_bytes: int) -> int:
+    """How many rows of float64 distances to ``n_columns`` points fit in ``budget_bytes``."""
+    return max(1, budget_bytes // (8 * max(n_columns, 1)))
+
+
+def knn_radii(features: torch.Tensor, k: int = 3, budget_bytes: int = 1 << 25) -> torch.Tensor:
+    """Each point's distance to its k-th nearest other point in the same set (Kynkaanniemi et al. 2019),
+    computed in row blocks of at most ``budget_bytes`` of distances."""
+    x = features.double()
+    if not 1 <= k < x.shape[0]:
+        raise ValueError(f"k-nearest-neighbour radii need 1 <= k < the number of points, got k={k} "
+                         f"for {x.shape[0]} points")
+    step, radii = _block_rows(x.shape[0], budget_bytes), []
+    for start in range(0, x.shape[0], step):
+        block = torch.cdist(x[start:start + step], x)
+        rows = torch.arange(block.shape[0])
+        block[rows, rows + start] = float("inf")  # a point is not its own neighbour
+        radii.append(block.kthvalue(k, dim=1).values)
+    return torch.cat(radii)
+
+
+def in_manifold(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+                budget_bytes: int = 1 << 25) -> torch.Tensor:
+    """Which ``points`` lie in the union of the balls around ``centres`` with ``radii`` (boundary included),
+    in row blocks of at most ``budget_bytes`` of distances."""
+    p, c = points.double(), centres.double()
+    step = _block_rows(c.shape[0], budget_bytes)
+    return torch.cat([(torch.cdist(p[start:start + step], c) <= radii).any(1)
+                      for start in range(0, p.shape[0], step)])
+
+
+def precision_recall(real_features: torch.Tensor, fake_features: torch.Tensor, k: int = 3,
+                     budget_bytes: int = 1 << 25) -> tuple[float, float]:
+    """Improved precision and recall of Kynkaanniemi et al. 2019, in float64.
+
+    Each set's manifold is the union of balls around its points, each ball's radius the distance to
+    the point's k-th nearest neighbour in its own set (``knn_radii``). Precision is the share of fake
+    points inside the real manifold, recall the share of real points inside the fake manifold. The
+    distances are computed in blocks of at most ``budget_bytes`` (the peak memory is a few blocks), with
+    ``torch.cdist``'s matrix-product formula: exact duplicates may lie a rounding error apart.
+    """
+    real, fake = real_features.double(), fake_features.double()
+    precision = in_manifold(fake, real, knn_radii(real, k, budget_bytes), budget_bytes).double().mean()
+    recall = in_manifold(real, fake, knn_radii(fake, k, budget_bytes), budget_bytes).double().mean()
+    return float(precision), float(recall)
+
+
 def classifier_score(probs: torch.Tensor, eps: float = 1e-12) -> float:
     """exp(mean_x KL(p(y|x) || p(y))) with p(y) the mean prediction; 1 (one class) to 10 (all, confidently)."""
     probs = probs.double()
@@ -222,14 +316,36 @@ def saturation(images: torch.Tensor) -> dict[str, float]:
     return dict(mostly_white=mostly_white(images).float().mean().item(), blank=blank)
 
 
+def equal_sizes(a: torch.Tensor, b: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sets with the larger one cut to a seeded random subset of the smaller one's size."""
+    n = min(len(a), len(b))
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(x if len(x) == n else x[torch.randperm(len(x), generator=generator)[:n]] for x in (a, b))
+
+
 def score(
-    judge: DigitClassifier, samples: torch.Tensor, val_features: torch.Tensor, device: torch.device | str
+    judge: DigitClassifier, samples: torch.Tensor, val_features: torch.Tensor, device: torch.device | str,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """All scores of one set of images against the validation features."""
+    """All scores of one set of images against the validation features.
+
+    ``kernel_distance`` and ``kernel_distance_se``: ``kernel_distance`` with its defaults;
+    ``precision`` and ``recall``: ``precision_recall`` (k = ``PR_NEIGHBOURS``) of as many validation
+    features as there are samples (a seeded random subset; the larger set is cut when the samples
+    outnumber them), as Kynkaanniemi et al. 2019 compare sets of equal size: the k-NN radii shrink as a
+    set grows. None for sets of at most k images.
+    """
     feats, probs = judge_outputs(judge, samples, device)
+    kid, kid_se = kernel_distance(feats, val_features, seed=seed)
+    precision, recall = (precision_recall(*equal_sizes(val_features, feats, seed=seed), k=PR_NEIGHBOURS)
+                         if min(len(feats), len(val_features)) > PR_NEIGHBOURS else (None, None))
     return dict(
         n=len(samples),
         frechet_distance=frechet_distance(feats, val_features),
+        kernel_distance=kid,
+        kernel_distance_se=kid_se,
+        precision=precision,
+        recall=recall,
         classifier_score=classifier_score(probs),
         class_histogram=class_histogram(probs),
         **saturation(samples),
@@ -252,12 +368,16 @@ def requested_digit_accuracy(judge: DigitClassifier, samples: torch.Tensor, labe
 
 
 def format_table(rows: dict[str, dict[str, Any]], judge_accuracy: float) -> str:
-    """A plain-text table of score rows."""
+    """A plain-text table of score rows (KID: the kernel distance and its standard error)."""
     lines = [f"judge accuracy on the validation set: {judge_accuracy:.4f}",
-             f"{'images':<32} {'n':>6} {'Frechet':>9} {'cls score':>9} {'white':>6} {'blank':>6}  classes 0-9"]
+             f"{'images':<32} {'n':>6} {'Frechet':>9} {'KID +- se':>17} {'prec':>5} {'recall':>6} "
+             f"{'cls score':>9} {'white':>6} {'blank':>6}  classes 0-9"]
     for name, r in rows.items():
-        lines.append(f"{name:<32} {r['n']:>6} {r['frechet_distance']:>9.3f} {r['classifier_score']:>9.3f} "
-                     f"{r['mostly_white']:>6.1%} {r['blank']:>6.1%}  {' '.join(map(str, r['class_histogram']))}")
+        kid = f"{r['kernel_distance']:.4f} +- {r['kernel_distance_se']:.4f}"
+        precision, recall = ("-" if r[key] is None else f"{r[key]:.3f}" for key in ("precision", "recall"))
+        lines.append(f"{name:<32} {r['n']:>6} {r['frechet_distance']:>9.3f} {kid:>17} {precision:>5} "
+                     f"{recall:>6} {r['classifier_score']:>9.3f} {r['mostly_white']:>6.1%} "
+                     f"{r['blank']:>6.1%}  {' '.join(map(str, r['class_histogram']))}")
     return "\n".join(lines)
 
 

@@ -174,3 +174,121 @@ def test_broken_judge_cache_is_retrained(tmp_path, caplog):
     quality.load_or_train_judge(path, loader, loader, "cpu")
     assert "ignoring the judge cache" in caplog.text
     assert torch.load(path, weights_only=True)["format"] == quality.JUDGE_FORMAT
+
+
+def biased_mmd2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The squared MMD with the diagonals kept (the V-statistic): the estimate KID avoids."""
+    kernel = lambda x, y: (x @ y.T / x.shape[1] + 1) ** 3  # noqa: E731
+    return float(kernel(a, a).mean() + kernel(b, b).mean() - 2 * kernel(a, b).mean())
+
+
+def test_unbiased_mmd2_by_hand():
+    """d = 2, k(x, y) = (x.y / 2 + 1)^3: within a, k = 1; within b, x.y = -2 gives 0; the cross pairs
+    give 1.5^3, 0.5^3, 1.5^3, 0.5^3 (mean 1.75): 1 + 0 - 2 * 1.75 = -2.5 (the biased estimate: 2.5 higher)."""
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    assert quality.mmd2_unbiased(a, b) == pytest.approx(-2.5)
+    # The diagonals: k(a_i, a_i) = 1.5^3, k(b_i, b_i) = 2^3; (2 * 3.375 + 2) / 4 + (2 * 8 + 0) / 4 - 3.5 = 2.6875.
+    assert biased_mmd2(a.double(), b.double()) == pytest.approx(2.6875)
+    # Subsets of the whole set: every subset gives the same value, with no spread.
+    assert quality.kernel_distance(a, b, subsets=5, subset_size=2) == pytest.approx((-2.5, 0.0))
+    with pytest.raises(ValueError, match="at least 2 subsets"):
+        quality.kernel_distance(a, b, subsets=1)
+    with pytest.raises(ValueError, match="at least 2 feature vectors"):
+        quality.kernel_distance(a[:1], b)
+
+
+def test_kernel_distance_is_unbiased_on_gaussians():
+    """Two samples of one Gaussian: the unbiased estimate averages to 0 over independent draws, the
+    biased one is clearly positive at every draw; two different Gaussians are clearly apart."""
+    generator = torch.Generator().manual_seed(0)
+    draw = lambda shift=0.0: torch.randn(20, 8, dtype=torch.float64, generator=generator) + shift  # noqa: E731
+    pairs = [(draw(), draw()) for _ in range(300)]
+    unbiased = torch.tensor([quality.mmd2_unbiased(a, b) for a, b in pairs])
+    biased = torch.tensor([biased_mmd2(a, b) for a, b in pairs])
+    standard_error = unbiased.std() / len(pairs) ** 0.5
+    assert abs(unbiased.mean()) < 3 * standard_error
+    assert (biased > 0).all() and biased.mean() > 30 * standard_error
+    same, same_se = quality.kernel_distance(torch.randn(400, 8, generator=generator),
+                                            torch.randn(400, 8, generator=generator), subsets=50, subset_size=200)
+    assert abs(same) < 3 * same_se
+    apart, apart_se = quality.kernel_distance(torch.randn(400, 8, generator=generator),
+                                              torch.randn(400, 8, generator=generator) + 0.5,
+                                              subsets=50, subset_size=200)
+    assert apart > 20 * apart_se and apart > 20 * abs(same)
+
+
+def test_kernel_distance_is_seeded_and_its_error_is_as_documented():
+    """The mean and standard deviation / sqrt(subsets) of mmd2_unbiased over the subsets that a generator
+    seeded with ``seed`` draws (a then b, per subset); more subsets, a smaller error."""
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.randn(60, 4, generator=generator), torch.randn(50, 4, generator=generator) + 0.3
+    mean, se = quality.kernel_distance(a, b, subsets=10, subset_size=30, seed=7)
+    draws = torch.Generator().manual_seed(7)
+    values = torch.tensor([quality.mmd2_unbiased(a[torch.randperm(60, generator=draws)[:30]].double(),
+                                                 b[torch.randperm(50, generator=draws)[:30]].double())
+                           for _ in range(10)])
+    assert mean == pytest.approx(values.mean().item()) and se == pytest.approx(values.std().item() / 10 ** 0.5)
+    assert quality.kernel_distance(a, b, subsets=10, subset_size=30, seed=7) == (mean, se)
+    assert quality.kernel_distance(a, b, subsets=10, subset_size=30, seed=8)[0] != mean
+    few, many = (quality.kernel_distance(a, b, subsets=s, subset_size=30)[1] for s in (16, 400))
+    assert 2.5 < few / many < 7.5  # sqrt(400 / 16) = 5, with the spread of a 16-subset estimate
+
+
+def test_knn_radii_and_precision_recall_by_hand():
+    """The unit square's corners: the 1st, 2nd and 3rd nearest others lie at 1, 1 and sqrt(2)."""
+    square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    for k, radius in ((1, 1.0), (2, 1.0), (3, math.sqrt(2))):
+        assert quality.knn_radii(square, k).tolist() == pytest.approx([radius] * 4)
+    with pytest.raises(ValueError, match="1 <= k < the number of points"):
+        quality.knn_radii(square, 4)
+    # k = 1: balls of radius 1 around the corners. Fakes: the centre (in), 1 from (1, 0) (on the boundary: in),
+    # 2 from (1, 0) (out), and below the square, sqrt(0.5^2 + 1.5^2) from the nearest corner (out).
+    fake = torch.tensor([[0.5, 0.5], [2.0, 0.0], [3.0, 0.0], [0.5, -1.5]])
+    # The fakes' own radii (k = 1): 1.58, 1, 1, 2; the centre lies 0.71 from every corner: recall 1.
+    assert quality.precision_recall(square, fake, k=1) == (0.5, 1.0)
+    assert quality.precision_recall(square, square + 10, k=3) == (0.0, 0.0)
+    assert quality.precision_recall(square, square, k=3) == (1.0, 1.0)
+
+
+def test_precision_recall_of_a_fake_set_that_covers_half_the_modes():
+    """Four modes of real points (small squares 10 apart); the fakes sit 0.1 beside the real points of two
+    modes: every fake is real-looking (precision 1), half the real points are covered (recall 0.5)."""
+    square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    modes = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    real = (modes[:, None] + square[None]).reshape(-1, 2)
+    fake = real[:8] + torch.tensor([0.1, 0.0])
+    assert quality.precision_recall(real, fake, k=3) == (1.0, 0.5)
+    assert quality.precision_recall(fake, real, k=3) == (0.5, 1.0)  # the roles swapped
+
+
+def test_precision_recall_in_blocks_gives_the_same_answer():
+    """A budget of a few rows of distances per block: the same radii (to rounding: the matrix products of a
+    block round differently) and memberships as one block."""
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(70, 5, generator=generator), torch.randn(50, 5, generator=generator) * 0.7 + 0.8
+    tiny = 8 * 70 * 3  # three rows of distances to 70 points
+    assert torch.allclose(quality.knn_radii(real, 3, budget_bytes=tiny), quality.knn_radii(real, 3), rtol=1e-12)
+    whole = quality.precision_recall(real, fake)
+    assert quality.precision_recall(real, fake, budget_bytes=tiny) == whole
+    assert 0 < whole[0] < 1 and 0 < whole[1] < 1
+
+
+def test_score_reports_the_kernel_distance_and_precision_recall_against_the_validation_features():
+    """score's new keys are the functions' answers on the judge's features, the precision and recall on as
+    many validation features as samples; sets of at most k images have none."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 1, 4, 4, generator=generator) * 2 - 1
+    val, _ = quality.judge_outputs(BrightnessJudge(), torch.rand(30, 1, 4, 4, generator=generator) * 1.6 - 0.8, "cpu")
+    row = quality.score(BrightnessJudge(), images, val, "cpu", seed=3)
+    feats, _ = quality.judge_outputs(BrightnessJudge(), images, "cpu")
+    assert (row["kernel_distance"], row["kernel_distance_se"]) == quality.kernel_distance(feats, val, seed=3)
+    cut = val[torch.randperm(30, generator=torch.Generator().manual_seed(3))[:12]]
+    assert (row["precision"], row["recall"]) == quality.precision_recall(cut, feats, k=3)
+    assert (row["precision"], row["recall"]) != quality.precision_recall(val, feats, k=3)  # the cut matters here
+    table = quality.format_table({"generated": row}, 0.5)
+    assert "KID +- se" in table and f"{row['kernel_distance']:.4f} +- {row['kernel_distance_se']:.4f}" in table
+    assert f"{row['precision']:.3f} {row['recall']:>6.3f}" in table
+    few = quality.score(BrightnessJudge(), images[:3], val, "cpu")
+    assert few["precision"] is None and few["recall"] is None
+    assert " -      - " in quality.format_table({"few": few}, 0.5)
