@@ -14,7 +14,9 @@ The figures of the data (Figures 2 and 5) are drawn by ``figures.save_dataset_sa
 from __future__ import annotations
 
 import logging
+import math
 import os
+import struct
 import zlib
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -28,19 +30,17 @@ from torchvision.transforms import Compose, Lambda, Resize, ToTensor
 
 from config import DATASETS as CONFIG_DATASETS
 from files import DEFAULT_DATA_ROOT, DatasetError, PathLike, error_text, is_writable_dir
-from persian_files import prepare_persian_digits
+from persian_files import ZIP_MAX_BYTES, ZIP_MAX_RATIO, prepare_persian_digits
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SIZES = {name: info.image_size for name, info in CONFIG_DATASETS.items()}
 DATASETS = tuple(IMAGE_SIZES)
 
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+MNIST_SPLITS = ("train", "t10k")
+MNIST_FILES = tuple(f"{split}-{kind}" for split in MNIST_SPLITS for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+IDX_MAGIC = {1: 2049, 3: 2051}  # the idx format's magic number of unsigned bytes in 1 (labels) or 3 (images) dims
+_REDOWNLOAD = "delete it and run again to download it, or put a good copy there"
 TRAIN_RATIO = 0.95  # Figure 4
 LABELS = frozenset("0123456789")
 
@@ -193,12 +193,62 @@ def split_dataset(dataset: Dataset, seed: int = 0, train_ratio: float = TRAIN_RA
 # --------------------------------------------------------------------------- MNIST
 
 
+def _idx_shape(path: Path, dims: int) -> tuple[int, ...]:
+    """The dimensions in an MNIST idx file's header, once its magic number and its length are checked."""
+    header_size = 4 * (1 + dims)
+    kind = "labels (idx1)" if dims == 1 else "images (idx3)"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = f.read(header_size)
+    except OSError as error:
+        raise DatasetError(f"cannot read {path} ({error_text(error)}): check its permissions") from error
+    if len(header) < header_size:
+        raise DatasetError(
+            f"{path} is {size} bytes, shorter than the {header_size}-byte header of MNIST {kind}: {_REDOWNLOAD}"
+        )
+    magic, *shape = struct.unpack(f">{1 + dims}I", header)
+    if magic != IDX_MAGIC[dims]:
+        raise DatasetError(
+            f"{path} starts with magic number {magic}, not {IDX_MAGIC[dims]} (MNIST {kind}): {_REDOWNLOAD}"
+        )
+    expected = header_size + math.prod(shape)
+    if size != expected:
+        raise DatasetError(
+            f"{path} is {size:,} bytes but its header declares {' x '.join(map(str, shape))} values "
+            f"({expected:,} bytes with the header): it is truncated or has extra bytes; {_REDOWNLOAD}"
+        )
+    return tuple(shape)
+
+
+def check_mnist_files(raw: Path) -> None:
+    """Check MNIST's idx files in ``raw`` field by field before torchvision reads them.
+
+    Magic numbers (2049 labels, 2051 images), 28x28 images, each file's length
+    against its header, and as many labels as images in each split; a problem
+    is a one-line ``DatasetError`` naming the file.
+    """
+    side = IMAGE_SIZES["mnist"]
+    for split in MNIST_SPLITS:
+        images, labels = raw / f"{split}-images-idx3-ubyte", raw / f"{split}-labels-idx1-ubyte"
+        n_images, rows, cols = _idx_shape(images, 3)
+        (n_labels,) = _idx_shape(labels, 1)
+        if (rows, cols) != (side, side):
+            raise DatasetError(f"{images} holds {rows}x{cols} images, not MNIST's {side}x{side}: {_REDOWNLOAD}")
+        if n_labels != n_images:
+            raise DatasetError(
+                f"{labels} holds {n_labels} labels but {images.name} holds {n_images} images: "
+                "they must hold as many; delete both and run again to download them"
+            )
+
+
 def load_mnist(data_root: PathLike = DEFAULT_DATA_ROOT, download: bool = True) -> tuple[Dataset, Dataset]:
     """MNIST train and test splits with Figure 1's transform; downloads only if files are missing.
 
     The files live in ``<data_root>/MNIST/raw`` (torchvision's layout). If any is
     missing, torchvision's download is tried (when ``download``); a failure
-    raises ``DatasetError`` naming the folder and the four expected files.
+    raises ``DatasetError`` naming the folder and the four expected files. The
+    files are then checked by ``check_mnist_files``.
     """
     data_root = Path(data_root).expanduser()
     raw = data_root / "MNIST" / "raw"
@@ -220,6 +270,7 @@ def load_mnist(data_root: PathLike = DEFAULT_DATA_ROOT, download: bool = True) -
             datasets.MNIST(str(data_root), train=True, download=True)
         except (RuntimeError, URLError, OSError) as error:
             raise DatasetError(f"could not download MNIST ({error_text(error, 120)}): {how_to}") from error
+    check_mnist_files(raw)
     try:
         # download=False: the files are there, so nothing is fetched (the listing always passes True)
         train = datasets.MNIST(str(data_root), train=True, transform=mnist_transform(), download=False)
@@ -251,6 +302,8 @@ def get_datasets(
     extract_dir: Optional[PathLike] = None,
     download: bool = True,
     skip_bad_files: bool = False,
+    zip_max_bytes: int = ZIP_MAX_BYTES,
+    zip_max_ratio: float = ZIP_MAX_RATIO,
 ) -> tuple[Dataset, Dataset]:
     """Training and validation datasets of section 2.
 
@@ -260,7 +313,8 @@ def get_datasets(
     if name == "mnist":
         train, val = load_mnist(data_root, download=download)
     else:
-        folder = prepare_persian_digits(data_root, persian_zip=persian_zip, extract_dir=extract_dir, download=download)
+        folder = prepare_persian_digits(data_root, persian_zip=persian_zip, extract_dir=extract_dir, download=download,
+                                        zip_max_bytes=zip_max_bytes, zip_max_ratio=zip_max_ratio)
         full = PersianDigitDataset(folder, transform=persian_transform(), skip_bad_files=skip_bad_files)
         train, val = split_dataset(full, seed=seed)
     # logged instead of the listing's debug prints (Figure 4)
@@ -298,6 +352,8 @@ def get_data_loaders(
     extract_dir: Optional[PathLike] = None,
     download: bool = True,
     skip_bad_files: bool = False,
+    zip_max_bytes: int = ZIP_MAX_BYTES,
+    zip_max_ratio: float = ZIP_MAX_RATIO,
     rank: int = 0,
     world_size: int = 1,
 ) -> tuple[DataLoader, DataLoader]:
@@ -310,10 +366,11 @@ def get_data_loaders(
     ``batch_size`` is the caller's (the Figure 4 listing overrides it with 128).
     ``num_workers`` defaults to ``default_num_workers(device)``, ``pin_memory``
     to "device is CUDA and available"; workers persist between epochs.
-    ``persian_zip``/``extract_dir``/``skip_bad_files`` only concern the Persian
-    digits: see ``prepare_persian_digits`` for where the zip is looked for and
-    extracted (``<data_root>/persian_digits``, or ``./data/persian_digits`` when
-    the data root is read-only, unless ``extract_dir`` is given).
+    ``persian_zip``/``extract_dir``/``skip_bad_files``/``zip_max_bytes``/``zip_max_ratio``
+    only concern the Persian digits: see ``prepare_persian_digits`` for where the
+    zip is looked for and extracted (``<data_root>/persian_digits``, or
+    ``./data/persian_digits`` when the data root is read-only, unless
+    ``extract_dir`` is given) and ``extract_zip`` for the limits of an extraction.
     With ``world_size > 1`` (torchrun) each loader reads this ``rank``'s shard,
     and ``batch_size`` is per process.
     Raises ``ValueError`` for bad arguments and ``DatasetError`` for data problems.
@@ -336,6 +393,8 @@ def get_data_loaders(
         extract_dir=extract_dir,
         download=download,
         skip_bad_files=skip_bad_files,
+        zip_max_bytes=zip_max_bytes,
+        zip_max_ratio=zip_max_ratio,
     )
     workers = default_num_workers(device) if num_workers is None else num_workers
     pin = (device.type == "cuda" and torch.cuda.is_available()) if pin_memory is None else bool(pin_memory)
@@ -358,6 +417,7 @@ __all__ = [
     "IMAGE_SIZES",
     "DatasetError",
     "PersianDigitDataset",
+    "check_mnist_files",
     "default_num_workers",
     "get_data_loaders",
     "get_datasets",

@@ -1,9 +1,10 @@
-"""Shared test set-up: a private random state per test, and the helpers several test files use."""
+"""Shared test set-up: a private random state per test, a private temp folder per run, and shared helpers."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,22 @@ def run_main(monkeypatch, capsys, caplog) -> Callable[..., Ran]:
         return Ran(code, capsys.readouterr().err + caplog.text)
 
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_temp_folder(tmp_path_factory) -> Iterator[Path]:
+    """The system temp folder of the tests and of the processes they start, inside pytest's own base folder.
+
+    What they write there (torchrun's ``torchelastic_*`` folders, torch.compile's cache) then goes with
+    that folder (pytest.ini's retention policy) instead of piling up in the system's. Importing torch
+    sets ``TORCHINDUCTOR_CACHE_DIR`` from the system's temp folder: it is moved too.
+    """
+    folder = tmp_path_factory.mktemp("tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(folder))
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder / "torchinductor"))
+        patch.setattr(tempfile, "tempdir", str(folder))
+        yield folder
 
 
 @pytest.fixture(autouse=True)

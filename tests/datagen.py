@@ -68,6 +68,22 @@ def write_zip(path: Path, members: dict[str, bytes], compression: int = zipfile.
     return path
 
 
+def declare_size(path: Path, name: str, size: int) -> Path:
+    """Make member ``name`` of the zip at ``path`` declare ``size`` uncompressed bytes (a lying zip).
+
+    Only its central directory record changes, where Python's ``zipfile`` reads the sizes.
+    """
+    raw = bytearray(path.read_bytes())
+    start = -1
+    while True:
+        start = raw.index(b"PK\x01\x02", start + 1)  # ValueError when no record names the member
+        (name_length,) = struct.unpack_from("<H", raw, start + 28)
+        if raw[start + 46 : start + 46 + name_length] == name.encode():
+            struct.pack_into("<I", raw, start + 24, size)
+            path.write_bytes(bytes(raw))
+            return path
+
+
 def write_folder(root: Path, members: dict[str, bytes]) -> Path:
     for name, data in members.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)

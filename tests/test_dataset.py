@@ -6,17 +6,29 @@ integration tests use the read-only shared data when it is present.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 import torchvision
-from datagen import listing, make_mnist, persian_members, png_bytes, write_folder, write_zip
+from datagen import (
+    declare_size,
+    listing,
+    make_mnist,
+    persian_members,
+    png_bytes,
+    write_folder,
+    write_idx,
+    write_zip,
+)
 from PIL import Image
 
 import Dataset as D
@@ -101,12 +113,39 @@ def test_mnist_missing_with_download_off(tmp_path, no_download):
     assert all(name in str(info.value) for name in D.MNIST_FILES)
 
 
-def test_mnist_corrupt_file(tmp_path, no_download):
-    make_mnist(tmp_path)
-    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+def _fewer_labels(raw: Path) -> None:
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(5, dtype=np.uint8))  # 6 images
+
+
+def _truncated(raw: Path) -> None:
+    path = raw / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(D.DatasetError, match="unreadable"):
-        D.load_mnist(tmp_path)
+
+
+def _wrong_magic(raw: Path) -> None:
+    path = raw / "train-labels-idx1-ubyte"
+    path.write_bytes(struct.pack(">I", 2051) + path.read_bytes()[4:])
+
+
+@pytest.mark.parametrize("corrupt, name, message", [
+    (_fewer_labels, "train-labels-idx1-ubyte", "holds 5 labels but train-images-idx3-ubyte holds 6 images"),
+    (_truncated, "t10k-images-idx3-ubyte", "is 100 bytes but its header declares 4 x 28 x 28 values "
+                                           "(3,152 bytes with the header): it is truncated or has extra bytes"),
+    (_wrong_magic, "train-labels-idx1-ubyte", "starts with magic number 2051, not 2049 (MNIST labels (idx1))"),
+    (lambda raw: (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08"), "t10k-labels-idx1-ubyte",
+     "is 3 bytes, shorter than the 8-byte header of MNIST labels (idx1)"),
+    (lambda raw: write_idx(raw / "train-images-idx3-ubyte", np.zeros((6, 20, 28))), "train-images-idx3-ubyte",
+     "holds 20x28 images, not MNIST's 28x28"),
+])
+def test_mnist_files_checked_field_by_field(tmp_path, no_download, corrupt, name, message):
+    make_mnist(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    corrupt(raw)
+    with pytest.raises(D.DatasetError) as info:
+        D.get_data_loaders("mnist", 2, tmp_path)
+    text = str(info.value)
+    assert text.startswith(f"{raw / name} {message}") and "\n" not in text
+    assert "run again to download" in text
 
 
 # --------------------------------------------------------------------------- arguments and loader options
@@ -351,6 +390,98 @@ def test_zip_without_png(tmp_path):
     with pytest.raises(D.DatasetError, match="no .png"):
         P.prepare_persian_digits(tmp_path)
     assert listing(tmp_path) == ["persian_digits.zip"]
+
+
+BOMB = "hoda_digits/0/0.bomb.png"
+
+
+def bomb_zip(path: Path, declared: int | None = None) -> Path:
+    """Four real images and a member of 5 MB of zeros (compressed about 1000 times), declaring ``declared`` bytes."""
+    write_zip(path, {**persian_members(4), BOMB: bytes(5 << 20)})
+    return declare_size(path, BOMB, declared) if declared is not None else path
+
+
+@pytest.mark.parametrize("limits, message", [
+    ({}, f"member {BOMB!r} declares 2,147,483,648 bytes compressed into"),  # the default ratio limit
+    ({"zip_max_ratio": math.inf}, "its images declare 2,147,4"),  # the default limit of 1 GiB in all
+])
+def test_zip_bomb_declaring_2_gib_is_refused_before_writing(tmp_path, limits, message):
+    root = tmp_path / "root"
+    root.mkdir()
+    bomb_zip(root / "persian_digits.zip", declared=2 << 30)
+    with pytest.raises(D.DatasetError) as info:
+        D.get_data_loaders("persian", 4, root, **limits)
+    text = str(info.value)
+    assert text.startswith(f"zip {root / 'persian_digits.zip'}: {message}") and "\n" not in text
+    option = "zip_max_ratio" if not limits else "zip_max_bytes"
+    assert "over the limit of " + ("ratio 100" if not limits else "1,073,741,824 bytes") in text
+    assert text.endswith(f": nothing extracted; if you trust the archive, raise the limit with "
+                         f"--{option.replace('_', '-')} (or {option}= in Python)")
+    assert listing(root) == ["persian_digits.zip"]
+
+
+def test_zip_limits_are_arguments(tmp_path):
+    members = persian_members(10)
+    total = sum(len(data) for data in members.values())
+    write_zip(tmp_path / "persian_digits.zip", members)
+    with pytest.raises(D.DatasetError, match=f"its images declare {total:,} bytes uncompressed, over the limit of "
+                                             f"{total - 1:,} bytes \\(passed at member 'hoda_digits/9/"):
+        P.prepare_persian_digits(tmp_path, zip_max_bytes=total - 1)
+    assert listing(tmp_path) == ["persian_digits.zip"]
+    bomb_zip(tmp_path / "persian_digits.zip")
+    with pytest.raises(D.DatasetError, match=f"member {BOMB!r} declares 5,242,880 bytes .* the limit of ratio 100:"):
+        P.prepare_persian_digits(tmp_path)
+    folder = P.prepare_persian_digits(tmp_path, zip_max_ratio=math.inf)  # a trusted archive: the limit raised
+    assert (folder / BOMB).stat().st_size == 5 << 20
+    with pytest.raises(ValueError, match="must be positive"):
+        P.extract_zip(tmp_path / "persian_digits.zip", tmp_path / "other", zip_max_bytes=0)
+
+
+@pytest.mark.parametrize("limits, message", [
+    (dict(zip_max_bytes=3000, zip_max_ratio=math.inf), f"its images unpack to more than 3,000 bytes at {BOMB!r}"),
+    (dict(), f"member {BOMB!r} unpacks to more than 100 times its"),
+])
+def test_zip_declaring_false_sizes_stops_at_the_limit_while_writing(tmp_path, monkeypatch, limits, message):
+    """The members' declared sizes pass the check (as if they lied): the bytes written are held to the limits."""
+    monkeypatch.setattr(P, "_check_declared_sizes", lambda *args: None)
+    written = []
+    real_rmtree = shutil.rmtree
+
+    def measuring_rmtree(path, *args, **kwargs):
+        written.append(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(P.shutil, "rmtree", measuring_rmtree)
+    archive = bomb_zip(tmp_path / "persian_digits.zip")
+    with pytest.raises(D.DatasetError) as info:
+        P.prepare_persian_digits(tmp_path, **limits)
+    text = str(info.value)
+    assert text.startswith(f"zip {archive}: {message}") and "extraction stopped and removed" in text
+    images = sum(len(data) for data in persian_members(4).values())  # written before the bomb
+    with zipfile.ZipFile(archive) as z:
+        most = limits.get("zip_max_bytes", images + 100 * z.getinfo(BOMB).compress_size)
+    assert len(written) == 1 and images <= written[0] <= most
+    assert listing(tmp_path) == ["persian_digits.zip"]
+
+
+def test_only_images_are_extracted(tmp_path):
+    members = persian_members(4)
+    extra = {"readme.txt": b"hi", "hoda_digits/empty/": b"", "notes/zeros.bin": bytes(5 << 20)}
+    write_zip(tmp_path / "persian_digits.zip", {**members, **extra})
+    folder = P.prepare_persian_digits(tmp_path)
+    assert listing(folder) == listing(write_folder(tmp_path / "expected", members))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_extracted_folder_follows_the_umask(tmp_path, persian_zip, umask):
+    previous = os.umask(umask)
+    try:
+        folder = P.prepare_persian_digits(tmp_path, persian_zip=persian_zip)
+    finally:
+        os.umask(previous)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (folder / "hoda_digits" / "0").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (folder / "hoda_digits" / "0" / "sub0" / "0.test00000.png").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_too_few_images_to_split(tmp_path):
