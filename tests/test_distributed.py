@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, port: int, data_root: str, out: str) -> None:
     import distributed
     from utils import TrainState
     from Dataset import get_data_loaders
-    from diffusion_model import DiffusionModel
+    from diffusion_model import DiffusionModel, diffusion_loss
     from unet import MyUNet
     from utils import training_loop
 
@@ -38,9 +38,16 @@ def _worker(rank: int, world: int, port: int, data_root: str, out: str) -> None:
     train, val = get_data_loaders("mnist", 4, data_root, rank=rank, world_size=world)
     model = DistributedDataParallel(ddpm, forward_sync_buffers=False)
     optim = torch.optim.Adam(ddpm.parameters(), lr=1e-3)
-    history = training_loop(TrainState(ddpm, optim, model=model), train, val, 2)
+    trained_on = []  # the images of every batch this rank trained on, in order
+
+    def loss_fn(x0):
+        trained_on.append(x0.detach().clone())
+        return diffusion_loss(model, x0)
+
+    history = training_loop(TrainState(ddpm, optim, model=model), train, val, 2, loss_fn=loss_fn)
+    val_images = torch.cat([batch[0] for batch in val])
     torch.save(dict(params=[p.detach().clone() for p in ddpm.parameters()], history=history,
-                    n_batches=len(train)), f"{out}/rank{rank}.pt")
+                    n_batches=len(train), trained_on=trained_on, val_images=val_images), f"{out}/rank{rank}.pt")
     distributed.cleanup()
 
 
@@ -55,6 +62,34 @@ def test_ddp_ranks_end_with_identical_parameters(tmp_path):
     # validation loss all-reduced: both ranks report the same numbers
     assert r0["history"]["val_loss"] == r1["history"]["val_loss"]
     assert r0["history"]["train_loss"] == r1["history"]["train_loss"]
+    # Equal parameters would also follow if both ranks read the same shard: each epoch, the ranks trained on
+    # disjoint halves of the 24 training images that together are all of them; the validation shards too.
+    every_image = {key(x) for x in all_training_images(tmp_path / "data")}
+    assert len(every_image) == 24
+    for epoch in range(2):
+        shards = [{key(x) for batch in r["trained_on"][3 * epoch:3 * epoch + 3] for x in batch} for r in (r0, r1)]
+        assert len(shards[0]) == len(shards[1]) == 12
+        assert len(shards[0] & shards[1]) == 0, f"epoch {epoch}: both ranks trained on the same images"
+        assert len(shards[0] | shards[1]) == 24 and shards[0] | shards[1] == every_image, "images left out"
+    assert len(r0["trained_on"]) == len(r1["trained_on"]) == 6  # 3 batches per epoch, 2 epochs
+    first_epoch = {key(x) for batch in r0["trained_on"][:3] for x in batch}
+    assert first_epoch != {key(x) for batch in r0["trained_on"][3:] for x in batch}  # reshuffled each epoch
+    val_shards = [{key(x) for x in r["val_images"]} for r in (r0, r1)]
+    assert len(val_shards[0]) == len(val_shards[1]) == 3
+    assert len(val_shards[0] & val_shards[1]) == 0, "both ranks validated on the same images"
+
+
+def key(image: torch.Tensor) -> bytes:
+    """An image's identity (the test images are all different)."""
+    return image.contiguous().numpy().tobytes()
+
+
+def all_training_images(data_root) -> list:
+    """Every training image, as one process sees the training set."""
+    from Dataset import get_data_loaders
+
+    train, _ = get_data_loaders("mnist", 4, data_root)
+    return [x for batch in train for x in batch[0]]
 
 
 def test_torchrun_two_processes_write_one_checkpoint_that_samples_alone(tmp_path):

@@ -107,3 +107,61 @@ def test_bits_per_dim_over_a_loader():
     parts = result["prior_bpd"] + result["diffusion_bpd"] + result["decoder_bpd"]
     assert result["bits_per_dim"] == pytest.approx(parts)
     assert L.bits_per_dim(ddpm, loader, n_images=6, seed=0) == result  # seeded
+
+
+class MeanMatcher(nn.Module):
+    """eps_theta = k_t x_t with k_t chosen so the model's mean (Eq. 7) is coef_xt[t] x_t: the posterior mean's
+    x_t part. The model then misses only the posterior's x_0 part, whatever the noise: every term of the bound is
+    a function of x_0 alone (at t = 0, coef_xt = 0 and the model's mean is 0)."""
+
+    def __init__(self, ddpm: DiffusionModel) -> None:
+        super().__init__()
+        alpha, abar, beta = ddpm.alphas.double(), ddpm.alpha_bars.double(), ddpm.betas.double()
+        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        coef_xt = alpha.sqrt() * (1 - abar_prev) / (1 - abar)
+        self.k = (1 - alpha.sqrt() * coef_xt) * (1 - abar).sqrt() / beta
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (self.k[t.reshape(-1)].reshape(-1, 1, 1, 1) * x.double()).float()
+
+
+def test_bits_per_dim_over_a_loader_is_the_mean_of_the_images_bounds():
+    """Six distinct images in batches of 4 (the second one cut to 2): the loader's figures are the mean over the
+    images of each image's own bound, not a mean of batch means, and the images after n_images are left out."""
+    ddpm = DiffusionModel(ZeroNet(), image_chw=(1, 2, 2), timesteps=20, beta_start=1e-3, beta_end=0.3)
+    ddpm.backward_process_model = MeanMatcher(ddpm)
+    images = torch.linspace(-1, 1, 10 * 4).reshape(10, 1, 2, 2) ** 3  # every image different
+    loader = DataLoader(TensorDataset(images), batch_size=4)
+    result = L.bits_per_dim(ddpm, loader, n_images=6)
+    per_image = [L.bound_terms(ddpm, images[i:i + 1], torch.Generator().manual_seed(100 + i)) for i in range(6)]
+    scale = 4 * math.log(2)
+    expected = dict(prior_bpd=[t.prior.item() / scale for t in per_image],
+                    diffusion_bpd=[t.diffusion.item() / scale for t in per_image],
+                    decoder_bpd=[t.decoder.item() / scale for t in per_image],
+                    bits_per_dim=[t.bits_per_dim(4).item() for t in per_image])
+    assert result["n_images"] == 6
+    for key, values in expected.items():
+        assert result[key] == pytest.approx(sum(values) / 6, rel=1e-5), key
+    # the images' bounds differ, so a mean of batch means (or the wrong images) would not match
+    bpd = expected["bits_per_dim"]
+    assert (sum(bpd[:4]) / 4 + sum(bpd[4:]) / 2) / 2 != pytest.approx(sum(bpd) / 6, rel=1e-3)
+    assert sum(bpd[:4]) / 4 != pytest.approx(sum(bpd) / 6, rel=1e-3)
+    # and each image's bound does not depend on the noise drawn (what made the comparison above exact)
+    again = L.bound_terms(ddpm, images[:6], torch.Generator().manual_seed(0))
+    assert torch.allclose(again.bits_per_dim(4), torch.tensor(bpd, dtype=torch.float64), rtol=1e-5)
+
+
+def test_prior_term_at_a_non_zero_image_by_hand():
+    """L_T = KL(N(sqrt(abar_T) x_0, 1 - abar_T) || N(0, 1)) per pixel: 0.5 (abar_T x_0^2 + (1 - abar_T)
+    - log(1 - abar_T) - 1), summed over the pixels; in bits/dim divided by (pixels * ln 2). abar_T in float64
+    from the betas."""
+    ddpm = DiffusionModel(ZeroNet(), image_chw=(1, 2, 2), timesteps=10, beta_start=1e-3, beta_end=0.1)
+    abar_T = torch.prod(1 - torch.linspace(1e-3, 0.1, 10, dtype=torch.float64)).item()  # ~0.59: x_0 shows
+    x0 = torch.tensor([[[[1.0, -1.0], [0.5, -0.25]]], [[[0.0, 0.0], [0.0, 0.0]]], [[[0.8, 0.8], [0.8, 0.8]]]])
+    terms = L.bound_terms(ddpm, x0, torch.Generator().manual_seed(0))
+    for i in range(3):
+        kl = sum(0.5 * (abar_T * v**2 + (1 - abar_T) - math.log(1 - abar_T) - 1) for v in x0[i].flatten().tolist())
+        assert terms.prior[i].item() == pytest.approx(kl, rel=1e-6)
+        bpd = L.bits_per_dim(ddpm, DataLoader(TensorDataset(x0[i:i + 1]), batch_size=1), n_images=1)
+        assert bpd["prior_bpd"] == pytest.approx(kl / (4 * math.log(2)), rel=1e-6)
+    assert terms.prior[0] > terms.prior[1] + 0.5  # the image's own part: abar_T * sum x_0^2 / 2 = 0.67 nats

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -21,6 +22,44 @@ def test_frechet_distance_of_known_gaussians():
     with pytest.raises(ValueError, match="at least 2"):
         quality.frechet_distance(a[:1], a)
 
+
+
+def features_with(mean: np.ndarray, cov: np.ndarray, n: int, seed: int) -> torch.Tensor:
+    """n feature vectors whose sample mean and (unbiased) sample covariance are exactly ``mean`` and ``cov``."""
+    z = np.random.default_rng(seed).standard_normal((n, len(mean)))
+    z -= z.mean(0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z.T))).T  # sample covariance exactly I
+    return torch.from_numpy(z @ np.linalg.cholesky(cov).T + mean)
+
+
+def test_frechet_distance_of_non_commuting_covariances_in_two_dimensions():
+    """C_a C_b != C_b C_a, so no formula of separate square roots is right. In two dimensions
+    tr(sqrt(M)) = sqrt(tr M + 2 sqrt(det M)), and M = C_a^1/2 C_b C_a^1/2 has tr M = tr(C_a C_b) = 10 and
+    det M = det C_a det C_b = 12: d = |mu_a - mu_b|^2 + tr C_a + tr C_b - 2 sqrt(10 + 2 sqrt(12))."""
+    cov_a, cov_b = np.array([[2.0, 1.0], [1.0, 2.0]]), np.array([[1.0, 0.0], [0.0, 4.0]])
+    assert not np.allclose(cov_a @ cov_b, cov_b @ cov_a)
+    a = features_with(np.array([1.0, 0.0]), cov_a, 50, seed=0)
+    b = features_with(np.array([0.0, 2.0]), cov_b, 70, seed=1)
+    expected = (1 + 4) + (4 + 5) - 2 * math.sqrt(10 + 2 * math.sqrt(12))  # 5.771219...
+    assert quality.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert quality.frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)  # symmetric
+    assert quality.frechet_distance(a.float(), b.float()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_frechet_distance_of_random_covariances_by_the_eigenvalues_of_their_product():
+    """tr((C_a^1/2 C_b C_a^1/2)^1/2) = sum of sqrt(eigenvalues of C_a C_b) (similar matrices), computed here
+    with numpy's general eigenvalue routine on the product, without any matrix square root."""
+    rng = np.random.default_rng(5)
+    a = torch.from_numpy(rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6)) + rng.standard_normal(6))
+    b = torch.from_numpy(rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6)))
+    x, y = a.numpy(), b.numpy()
+    cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    assert np.abs(cov_x @ cov_y - cov_y @ cov_x).max() > 1.0
+    eig = np.linalg.eigvals(cov_x @ cov_y)
+    assert np.abs(eig.imag).max() < 1e-8 and eig.real.min() > 0
+    expected = (np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(cov_x) + np.trace(cov_y)
+                - 2 * np.sqrt(eig.real).sum())
+    assert quality.frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
 
 def test_classifier_score_bounds():
     confident_all_classes = torch.eye(10).repeat(3, 1)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import ROOT
 from datagen import make_mnist
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import main as cli
 import utils
@@ -131,3 +132,30 @@ def test_sigterm_mid_run_leaves_a_loadable_checkpoint(tmp_path):
     ddpm, ckpt = load_checkpoint(last)
     assert ckpt["progress"]["epoch"] < 30 and ddpm.timesteps == 20
     assert not [p for p in out.iterdir() if p.suffix == ".tmp"]  # atomic writes leave no temporary file
+
+
+def test_resume_trains_only_the_remaining_epoch(data, run_main):
+    """A --resume that silently trained again from epoch 0 would end bit-identical to the exact resume (same seed,
+    same data): the resumed call must take only the last epoch's 5 optimizer steps, log only that epoch, and keep
+    the first call's record of epoch 1 (its measured time) as it was."""
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(1))
+    try:
+        args = [a for a in train_args(data / "run", 1) if a != "--quiet"]
+        first = run_main(*args, cwd=data)
+        assert first.returncode == 0, first.stderr
+        assert len(steps) == 5  # 40 images in batches of 8
+        first_history, _ = final_state(data / "run")
+        steps.clear()
+        resumed = run_main(*[a for a in train_args(data / "run", 2, "--resume") if a != "--quiet"], cwd=data)
+    finally:
+        handle.remove()
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(steps) == 5, f"the resumed call took {len(steps)} optimizer steps, not the 5 of epoch 2"
+    assert "from epoch 2, batch 0" in resumed.stderr
+    assert "Epoch 2/2 - Training Loss" in resumed.stderr and "Epoch 1/2" not in resumed.stderr
+    history, ckpt = final_state(data / "run")
+    assert ckpt["progress"]["epoch"] == 2 and len(history["epoch_seconds"]) == 2
+    assert history["epoch_seconds"][0] == first_history["epoch_seconds"][0]  # epoch 1 was not run again
+    assert history["train_loss"][0] == first_history["train_loss"][0]
+    assert ckpt["ema"]["num_updates"] == 10

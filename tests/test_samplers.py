@@ -238,3 +238,113 @@ def test_the_clipping_default_is_per_sampler(monkeypatch):
     monkeypatch.setattr(samplers, "threshold_x0", spy)
     utils.sample(ddpm, 1, sampler="dpm++")  # the name alone: the class's defaults
     assert seen and set(seen) == {"clip"}
+
+
+class Recorder(nn.Module):
+    """A noise predictor (default: Affine) that keeps a float64 copy of every (x_t, t, eps) it is asked about."""
+
+    def __init__(self, inner: nn.Module | None = None) -> None:
+        super().__init__()
+        self.inner, self.seen = inner or Affine(), []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x, t)
+        self.seen.append((x.double().clone(), int(t.reshape(-1)[0]), out.double().clone()))
+        return out
+
+
+def ddim_sigma(t: int, t_prev: int, eta: float) -> float:
+    """Song et al. (2021), Eq. 16: eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev), float64."""
+    abar_t, abar_prev = ALPHA_BARS64[t].item(), ALPHA_BARS64[t_prev].item()
+    return eta * math.sqrt((1 - abar_prev) / (1 - abar_t)) * math.sqrt(1 - abar_t / abar_prev)
+
+
+def ddim_by_hand(x: torch.Tensor, t: int, t_prev: int, eps: torch.Tensor, eta: float, z: torch.Tensor) -> torch.Tensor:
+    """Song et al. (2021), Eq. 12 in float64 from the betas alone."""
+    abar_t, abar_prev = ALPHA_BARS64[t].item(), ALPHA_BARS64[t_prev].item()
+    sigma = ddim_sigma(t, t_prev, eta)
+    x0 = (x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
+    return math.sqrt(abar_prev) * x0 + math.sqrt(1 - abar_prev - sigma**2) * eps + sigma * z
+
+
+def test_noisy_ddim_skipping_steps_uses_song_et_als_sigma():
+    """eta > 0 over a skipped step (900 -> 450): sigma is Eq. 16 of the two steps' abar, not one built from beta_t.
+
+    (Over a single step, t_prev = t - 1, both are the same: only a skip tells them apart.)
+    """
+    ddpm = DiffusionModel(ZeroNet(), image_chw=(1, 2, 2))
+    g = torch.Generator().manual_seed(7)
+    x, eps, z = (torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64) for _ in range(3))
+    t, t_prev, eta = 900, 450, 0.5
+    sigma = ddim_sigma(t, t_prev, eta)
+    beta_based = eta * math.sqrt(BETAS64[t].item() * (1 - ALPHA_BARS64[t - 1].item()) / (1 - ALPHA_BARS64[t].item()))
+    assert abs(sigma - beta_based) > 0.3  # the two readings are far apart here: ~0.47 against ~0.07
+    got = ddpm.ddim_step(x.float(), t, t_prev, eta_theta=eps.float(), ddim_eta=eta, z=z.float()).x_prev
+    torch.testing.assert_close(got.double(), ddim_by_hand(x, t, t_prev, eps, eta, z), rtol=1e-5, atol=1e-5)
+    # And eta = 1 is still not DDPM's single-step posterior noise over the skip.
+    got1 = ddpm.ddim_step(x.float(), t, t_prev, eta_theta=eps.float(), ddim_eta=1.0, z=z.float()).x_prev
+    torch.testing.assert_close(got1.double(), ddim_by_hand(x, t, t_prev, eps, 1.0, z), rtol=1e-5, atol=1e-5)
+
+
+def test_noisy_ddim_sampler_over_skipped_steps_by_hand():
+    """utils.sample with DDIM, 3 steps (999 -> 500 -> 0 -> clean), eta 0.5: each update is Eq. 12 with Eq. 16's sigma
+    and the next draw of the seeded generator (x_T first, then one z per noisy update), no clipping."""
+    net = Recorder()
+    ddpm = DiffusionModel(net, image_chw=(1, 3, 3))
+    out = utils.sample(ddpm, 2, seed=5, sampler=make_sampler("ddim", ddpm, 3, eta=0.5, clip_x0="none")).images
+    assert [t for _, t, _ in net.seen] == [999, 500, 0]
+    g = torch.Generator().manual_seed(5)
+    x_T, z1, z2 = (torch.randn(2, 1, 3, 3, generator=g).double() for _ in range(3))
+    eps = lambda x, t: 0.1 * x + 0.01 * t / 1000  # noqa: E731
+    torch.testing.assert_close(net.seen[0][0], x_T)
+    x1 = ddim_by_hand(x_T, 999, 500, eps(x_T, 999), 0.5, z1)
+    torch.testing.assert_close(net.seen[1][0], x1, rtol=1e-5, atol=1e-5)
+    x2 = ddim_by_hand(x1, 500, 0, eps(x1, 500), 0.5, z2)
+    torch.testing.assert_close(net.seen[2][0], x2, rtol=1e-5, atol=1e-5)
+    # The last update lands on the clean image without noise: x_0 = the data prediction at step 0.
+    abar0 = ALPHA_BARS64[0].item()
+    x0 = (x2 - math.sqrt(1 - abar0) * eps(x2, 0)) / math.sqrt(abar0)
+    torch.testing.assert_close(out.double(), x0.clamp(-1, 1), rtol=1e-5, atol=1e-5)
+
+
+class ScaledX0(nn.Module):
+    """A noise predictor whose data prediction is 1.5 x_t at every step: eps = (x - 1.5 alpha_t x) / sigma_t."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        abar = ALPHA_BARS64[t.reshape(-1)].reshape(-1, 1, 1, 1)
+        return ((x.double() - 1.5 * abar.sqrt() * x.double()) / (1 - abar).sqrt()).to(x.dtype)
+
+
+def test_clipped_dpm_solver_sampler_two_steps_by_hand():
+    """utils.sample with DPM-Solver++(2M) and clip_x0="clip", 3 steps (999 -> 500 -> 0 -> clean), against Lu et al.
+    (2022), Algorithm 2 in float64 from the betas: each data prediction is clipped to [-1, 1] before it is used,
+    the first update is first order, the second uses the clipped predictions at 500 and 999 with r = h_prev / h."""
+    net = Recorder(ScaledX0())
+    ddpm = DiffusionModel(net, image_chw=(1, 4, 4))
+    out = utils.sample(ddpm, 2, seed=3, sampler=make_sampler("dpm++", ddpm, 3, clip_x0="clip")).images
+    assert [t for _, t, _ in net.seen] == [999, 500, 0]
+    x_T = net.seen[0][0]
+    torch.testing.assert_close(x_T, torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3)).double())
+
+    def data_prediction(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 4 solved for x_0 from the k-th network call's input and output, raw and clipped."""
+        x, t, eps = net.seen[k]
+        alpha, sigma, _ = ref(t)
+        raw = (x - sigma * eps) / alpha
+        return raw, raw.clamp(-1, 1)
+
+    a0, s0, l0 = ref(999)
+    a1, s1, l1 = ref(500)
+    a2, s2, l2 = ref(0)
+    d0_raw, d0 = data_prediction(0)
+    x1 = s1 / s0 * x_T - a1 * math.expm1(-(l1 - l0)) * d0
+    torch.testing.assert_close(net.seen[1][0], x1, rtol=1e-5, atol=2e-5)
+    d1_raw, d1 = data_prediction(1)
+    for raw in (d0_raw, d1_raw):  # the clipping matters at both steps, and leaves some pixels alone
+        assert (raw.abs() > 1.05).any() and (raw.abs() < 0.95).any()
+    assert (d1 - d0).abs().max() > 0.2  # so the second-order correction is not zero
+    h_prev, h = l1 - l0, l2 - l1
+    r = h_prev / h
+    x2 = s2 / s1 * x1 - a2 * math.expm1(-h) * ((1 + 1 / (2 * r)) * d1 - 1 / (2 * r) * d0)
+    torch.testing.assert_close(net.seen[2][0], x2, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(out.double(), data_prediction(2)[1], rtol=1e-5, atol=2e-5)
