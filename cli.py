@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from config import (ARCHITECTURES, BETA_SCHEDULES, DATASETS, DEFAULT_DATASET, LIMITS, LOSS_WEIGHTINGS,
                     LR_SCHEDULES, MODEL_FIELDS, PREDICTIONS, RECIPES, TRAIN_FIELDS, ModelSettings, SettingError,
                     TrainSettings, resolve)
-from diffusion_model import CLIP_MODES, STEP_SCHEDULES, VARIANCES
+from diffusion_model import CLIP_MODES, VARIANCES
 from fastpath import PARTS, RECOMMENDED, describe, parse_parts
 from figures import DISPLAY_MODES
-from samplers import SAMPLERS
+from samplers import DEFAULT_SAMPLE_BATCH, SAMPLERS, STEP_SCHEDULES
 
 # The sampler options of the command line, as the sampler classes name them (``Sampler.options``).
 SAMPLER_FLAGS = {"variance": "--reverse-variance", "step_schedule": "--step-schedule", "eta": "--eta"}
@@ -42,6 +42,13 @@ class DefaultsOnceFormatter(argparse.HelpFormatter):
                 or "default" in text or action.nargs == 0:
             return text
         return f"{text} (default: %(default)s)"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line (the usage is one ``--help`` away), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class UsageError(Exception):
@@ -115,6 +122,7 @@ def bounded_int(name: str) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be an integer in 1..{LIMITS[name]}, got {text}")
         return value
 
+    parse.__name__ = "integer"  # argparse's "invalid integer value: '1e9'"
     return parse
 
 
@@ -127,7 +135,7 @@ def fast_parts(text: str) -> frozenset[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="main.py",
         description="Denoising Diffusion Probabilistic Models, as in the tutorial paper: "
         "train on MNIST or Persian digits, sample images and GIFs, draw the paper's figures.",
@@ -267,7 +275,7 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     samp.add_argument("--checkpoint", default=None,
                       help="checkpoint to write (--train) and read (--sample); default: OUT_DIR/ddpm_DATASET.pt; "
                            "to sample, the one checkpoint in --out-dir")
-    samp.add_argument("--n-samples", type=positive_int, default=16, help="images to generate")
+    samp.add_argument("--n-samples", type=bounded_int("n_samples"), default=16, help="images to generate")
     samp.add_argument("--gif", default=None, help="also write the reverse process as a GIF to this path")
     samp.add_argument("--frames-per-gif", type=positive_int, default=100, help="frames of the GIF before the hold")
     samp.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddpm",
@@ -290,9 +298,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                            "'posterior' (beta-tilde_t, the forward posterior's variance)")
     samp.add_argument("--eta", type=non_negative_float, default=None,
                       help="DDIM noise scale: 0 is deterministic (the default), 1 is DDPM-like")
-    samp.add_argument("--sample-batch", type=positive_int, default=None,
+    samp.add_argument("--sample-batch", type=positive_int, default=DEFAULT_SAMPLE_BATCH,
                       help="--sample and --evaluate draw the images in batches of this many, so memory stays flat "
-                           "in --n-samples; the images do not depend on it (default: 250)")
+                           "in --n-samples; the images do not depend on it")
     samp.add_argument("--bpd-images", type=non_negative_int, default=0,
                       help="--evaluate: also bound the likelihood (bits/dim) on this many validation images "
                            "(T network passes per image)")

@@ -33,7 +33,8 @@ N_CLASSES = 10  # the digits 0-9 of both datasets
 # The largest value of each size the command line accepts; a checkpoint's config is held to the same
 # bounds before anything is allocated (a forged config cannot ask for a 100 GiB network).
 LIMITS: dict[str, int] = dict(timesteps=100_000, time_emb_dim=2048, channels=512, patch_size=16,
-                              num_classes=1000, in_channels=4, blocks=4, depth=6, channel_mult=8)
+                              num_classes=1000, in_channels=4, blocks=4, depth=6, channel_mult=8,
+                              n_samples=100_000)
 
 
 class SettingError(ValueError):

@@ -16,8 +16,8 @@ Reverse processes, all from the same trained noise predictor eps_theta:
 * ``dpm_solver_step``: DPM-Solver++(2M) (Lu et al., 2022), a second-order
   multistep solver of the same ODE as deterministic DDIM.
 
-Each can clip the predicted x_0 (``threshold_x0``); ``timestep_schedule`` picks
-the steps a few-step sampler visits. The network predicts the noise (the paper)
+Each can clip the predicted x_0 (``threshold_x0``); ``samplers.py`` picks the
+steps a sampler visits and calls these. The network predicts the noise (the paper)
 or, with ``prediction="v"``, the velocity of Salimans and Ho (2022), which
 ``DiffusionModel.backward`` turns into the same noise prediction.
 """
@@ -30,13 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from recipe import min_snr_weight
+from config import BETA_SCHEDULES, PREDICTIONS
 
-BETA_SCHEDULES = ("linear", "cosine")
 CLIP_MODES = ("none", "clip", "dynamic")
-STEP_SCHEDULES = ("uniform", "logsnr")
 VARIANCES = ("beta", "posterior")
-PREDICTIONS = ("eps", "v")
 
 
 class ReverseStep(NamedTuple):
@@ -70,33 +67,6 @@ def threshold_x0(x0: torch.Tensor, mode: str = "none", quantile: float = 0.995) 
     raise ValueError(f"clip mode must be one of {CLIP_MODES}, got {mode!r}")
 
 
-def timestep_schedule(alpha_bars: torch.Tensor, n: int, kind: str = "uniform") -> list[int]:
-    """``n`` distinct 0-based time steps from T-1 down to 0 (both included) for a few-step sampler.
-
-    ``uniform``: evenly spaced in t. ``logsnr``: evenly spaced in
-    lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t)), half the log signal-to-noise
-    ratio (Lu et al., 2022, section 3.3), each target rounded to the step of nearest
-    lambda; where two targets round to the same step, the later one moves down by
-    one, so the list stays strictly decreasing.
-    """
-    timesteps = len(alpha_bars)
-    if not 1 <= n <= timesteps:
-        raise ValueError(f"the number of steps must lie in 1..{timesteps}, got {n}")
-    if kind not in STEP_SCHEDULES:
-        raise ValueError(f"step schedule must be one of {STEP_SCHEDULES}, got {kind!r}")
-    if n == 1:
-        return [timesteps - 1]
-    if kind == "uniform":
-        return np.linspace(timesteps - 1, 0, n).round().astype(int).tolist()
-    lam = log_snr(alpha_bars).cpu().numpy()
-    targets = np.linspace(lam[-1], lam[0], n)
-    steps = [int(np.abs(lam - target).argmin()) for target in targets]
-    steps[0], steps[-1] = timesteps - 1, 0
-    for k in range(1, n):  # strictly decreasing, leaving room for the steps still to come
-        steps[k] = max(min(steps[k], steps[k - 1] - 1), n - 1 - k)
-    return steps
-
-
 def log_snr(alpha_bars: torch.Tensor) -> torch.Tensor:
     """lambda_t = log(alpha_t / sigma_t) with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), in float64."""
     abar = alpha_bars.double()
@@ -106,38 +76,6 @@ def log_snr(alpha_bars: torch.Tensor) -> torch.Tensor:
 def get_loss(noise: torch.Tensor, noise_pred: torch.Tensor) -> torch.Tensor:
     """The simplified DDPM loss of Eq. 8: mean squared error between true and predicted noise."""
     return torch.mean((noise - noise_pred) ** 2)
-
-
-def diffusion_loss(model: nn.Module, x_0: torch.Tensor, snr_gamma: float | None = None,
-                   y: torch.Tensor | None = None, label_drop: float = 0.0, v_error: bool = False) -> torch.Tensor:
-    """The training loss of one batch (Algorithm 1, lines 2-5): a training draw, then Eq. 8 in float32.
-
-    ``model`` is a ``DiffusionModel`` or a wrapper whose forward is one (``DistributedDataParallel``).
-    Every training path shares this: the loop, the fast path (which wraps it) and the benchmark.
-    With ``snr_gamma``, each image's squared error is weighted by Min-SNR-gamma
-    (``recipe.min_snr_weight`` of its time step) before the batch mean; the draws are the same.
-    ``v_error`` (with ``snr_gamma``) weights the error of v instead: since eps = sqrt(1 - abar) x_t +
-    sqrt(abar) v, ``|v error|^2 = |eps error|^2 / abar_t``, so each weight is divided by abar_t. At the
-    noisiest steps, where a 64x64 digit's shape and class are decided, that is the error of the x_0
-    the model implies, not the error of a noise that is already nearly x_t.
-    A class-conditional model gets the labels ``y``, each replaced by "no label" with probability
-    ``label_drop`` (classifier-free guidance training, Ho and Salimans 2022; drawn before t and the noise).
-    """
-    ddpm = getattr(model, "module", model)  # the DiffusionModel inside a DDP wrapper
-    if y is not None and label_drop > 0:
-        y = torch.where(torch.rand(y.shape, device=y.device) < label_drop, ddpm.num_classes, y)
-    if v_error and snr_gamma is None:
-        raise ValueError("v_error weights the Min-SNR loss: give snr_gamma too")
-    if snr_gamma is None:
-        _, noise, eta_theta = model(x_0, y=y)
-        return get_loss(noise, eta_theta.float())  # .float(): a bf16 autocast prediction is compared in float32
-    t = torch.randint(0, ddpm.timesteps, (x_0.shape[0],), device=x_0.device)
-    _, noise, eta_theta = model(x_0, t=t, y=y)
-    per_image = ((noise - eta_theta.float()) ** 2).flatten(1).mean(dim=1)
-    weight = min_snr_weight(torch.exp(2 * ddpm.lambdas), snr_gamma)  # SNR = exp(2 lambda), float64
-    if v_error:
-        weight = weight * (1 + torch.exp(-2 * ddpm.lambdas))  # 1 / abar = 1 + 1 / SNR
-    return (weight.float()[t] * per_image).mean()
 
 
 class DiffusionModel(nn.Module):

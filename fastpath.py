@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from diffusion_model import diffusion_loss
+from recipe import diffusion_loss
 
 log = logging.getLogger(__name__)
 

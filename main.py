@@ -41,7 +41,7 @@ from quality import (format_table, judge_cache, judge_outputs, load_or_train_jud
                      requested_digit_accuracy, score)
 from recipe import make_scheduler
 from resume import ResumeRefused, continue_run, resume_point
-from samplers import Sampler, class_labels, describe_guidance, guidance_setting, make_sampler
+from samplers import Sampler, SamplingOutOfMemory, class_labels, describe_guidance, guidance_setting, make_sampler
 from utils import StopRequest, TrainingDiverged, TrainingInterrupted, TrainState, sample, training_loop
 
 log = logging.getLogger("ddpm")
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm():
             run(args)
-    except (UsageError, CheckpointError, DatasetError, OutputError, TrainingDiverged,
+    except (UsageError, CheckpointError, DatasetError, OutputError, TrainingDiverged, SamplingOutOfMemory,
             distributed.MainProcessFailed) as exc:
         print(f"main.py: error: {user_message(exc)}", file=sys.stderr)
         return 1
@@ -232,7 +232,8 @@ def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Pa
              sampler.name, "" if labels is None else f", {describe_guidance(guidance, interval)}", device)
     start = time.perf_counter()
     drawn = sample(ddpm, n_samples, device, sampler=sampler, seed=args.seed, labels=labels, guidance=guidance,
-                   guidance_interval=interval, frames_per_gif=args.frames_per_gif if gif else 0)
+                   guidance_interval=interval, frames_per_gif=args.frames_per_gif if gif else 0,
+                   batch_size=args.sample_batch)
     if gif is not None:
         save_sampling_gif(drawn.frames, gif, args.display, cols)
     save_grid(drawn.raw, grid_path, args.display, cols)
@@ -261,7 +262,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     val_features, _ = judge_outputs(judge, val_loader, device)
     real = torch.stack([train_loader.dataset[i][0] for i in range(n)])
     start = time.perf_counter()
-    samples = sample(ddpm, n, device, sampler=sampler, seed=args.seed, labels=labels,
+    samples = sample(ddpm, n, device, sampler=sampler, seed=args.seed, labels=labels, batch_size=args.sample_batch,
                      guidance=1.0 if guidance is None else guidance, guidance_interval=interval).images
     seconds = time.perf_counter() - start
     rows = {f"generated ({sampler.name}, {len(sampler.timesteps())} steps)": score(judge, samples, val_features, device),

@@ -19,11 +19,40 @@ from __future__ import annotations
 
 from typing import Callable, ClassVar
 
+import numpy as np
 import torch
 
-from diffusion_model import CLIP_MODES, STEP_SCHEDULES, VARIANCES, DiffusionModel, threshold_x0, timestep_schedule
+from diffusion_model import CLIP_MODES, VARIANCES, DiffusionModel, log_snr, threshold_x0
 
 Noise = Callable[[], torch.Tensor]  # draws z ~ N(0, I) of the batch's shape
+STEP_SCHEDULES = ("uniform", "logsnr")
+
+
+def timestep_schedule(alpha_bars: torch.Tensor, n: int, kind: str = "uniform") -> list[int]:
+    """``n`` distinct 0-based time steps from T-1 down to 0 (both included) for a few-step sampler.
+
+    ``uniform``: evenly spaced in t. ``logsnr``: evenly spaced in
+    lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t)), half the log signal-to-noise
+    ratio (Lu et al., 2022, section 3.3), each target rounded to the step of nearest
+    lambda; where two targets round to the same step, the later one moves down by
+    one, so the list stays strictly decreasing.
+    """
+    timesteps = len(alpha_bars)
+    if not 1 <= n <= timesteps:
+        raise ValueError(f"the number of steps must lie in 1..{timesteps}, got {n}")
+    if kind not in STEP_SCHEDULES:
+        raise ValueError(f"step schedule must be one of {STEP_SCHEDULES}, got {kind!r}")
+    if n == 1:
+        return [timesteps - 1]
+    if kind == "uniform":
+        return np.linspace(timesteps - 1, 0, n).round().astype(int).tolist()
+    lam = log_snr(alpha_bars).cpu().numpy()
+    targets = np.linspace(lam[-1], lam[0], n)
+    steps = [int(np.abs(lam - target).argmin()) for target in targets]
+    steps[0], steps[-1] = timesteps - 1, 0
+    for k in range(1, n):  # strictly decreasing, leaving room for the steps still to come
+        steps[k] = max(min(steps[k], steps[k - 1] - 1), n - 1 - k)
+    return steps
 
 
 class Sampler:
@@ -173,6 +202,47 @@ def make_sampler(name: str, ddpm: DiffusionModel, steps: int | None = None, **op
     if foreign:
         raise ValueError(f"the {name} sampler takes no {', '.join(foreign)}")
     return cls(ddpm, steps, **given)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- what ``utils.sample`` draws with
+
+
+DEFAULT_SAMPLE_BATCH = 250  # images drawn at once by ``utils.sample``: memory stays flat in n_samples
+
+
+class SamplingOutOfMemory(MemoryError):
+    """A batch of images did not fit in memory; the message names the option to lower."""
+
+
+def noise_seed(seed: int, index: int) -> int:
+    """The seed of image ``index``'s own noise generator: its x_T and every z come from it, in order."""
+    return (seed * 1_000_003 + index) % (2**63 - 1)
+
+
+class ImageNoise:
+    """N(0, I) draws for images ``start .. start + n - 1``, each from its own generator (``noise_seed``).
+
+    So an image's noise depends on the seed and its index alone, never on which
+    batch it was drawn in: any batch size gives the same images.
+    """
+
+    def __init__(self, seed: int, start: int, n: int, chw: tuple[int, ...], device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(noise_seed(seed, start + i)) for i in range(n)]
+        self.chw, self.device = chw, device
+
+    def __call__(self) -> torch.Tensor:
+        return torch.stack([torch.randn(self.chw, generator=g, device=self.device) for g in self.generators])
+
+
+def gif_frame_steps(timesteps: int, frames_per_gif: int) -> set[int]:
+    """Loop positions (0 = first reverse step) after which a GIF frame is captured.
+
+    ``frames_per_gif`` positions evenly spread over the reverse process, always
+    including the last one (the final samples); at most ``timesteps`` frames.
+    """
+    if frames_per_gif < 1:
+        raise ValueError(f"frames_per_gif must be >= 1, got {frames_per_gif}")
+    return set(np.linspace(0, timesteps - 1, min(frames_per_gif, timesteps)).round().astype(int).tolist())
 
 
 # --------------------------------------------------------------------------- class-conditional sampling

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,12 +30,14 @@ from torch.utils.data import DataLoader
 
 import distributed
 from checkpoint import last_checkpoint_path, model_config, save_checkpoint
-from diffusion_model import DiffusionModel, diffusion_loss, get_loss
+from diffusion_model import DiffusionModel, get_loss
+from recipe import diffusion_loss
 from distributed import progress_bar
 from ema import EMA
 from figures import save_loss_curves
 from files import signals_deferred
-from samplers import Sampler, make_sampler
+from samplers import (DEFAULT_SAMPLE_BATCH, ImageNoise, Sampler, SamplingOutOfMemory, gif_frame_steps,
+                      make_sampler)
 
 log = logging.getLogger(__name__)
 
@@ -347,28 +348,21 @@ def _train_epoch(state: TrainState, train_loader: DataLoader, n_epochs: int,
 # --------------------------------------------------------------------------- sampling
 
 
-class Drawn(NamedTuple):
-    """What ``sample`` returns: the images in [-1, 1], the same before clamping, and the GIF's frames.
+@dataclass
+class Drawn:
+    """What ``sample`` returns: the images as the last reverse step left them and the GIF's frames.
 
-    ``raw`` is what the last reverse step produced (``figures`` draws it with any
-    display mode); ``frames`` are snapshots of the batch during the reverse
-    process (empty unless asked for), the last one equal to ``raw``.
+    ``images`` are ``raw`` clamped to the data's range [-1, 1]; ``figures`` draws
+    ``raw`` with any display mode. ``frames`` are snapshots of all the images during
+    the reverse process (empty unless asked for), the last one equal to ``raw``.
     """
 
-    images: torch.Tensor
     raw: torch.Tensor
     frames: list[torch.Tensor]
 
-
-def gif_frame_steps(timesteps: int, frames_per_gif: int) -> set[int]:
-    """Loop positions (0 = first reverse step) after which a GIF frame is captured.
-
-    ``frames_per_gif`` positions evenly spread over the reverse process, always
-    including the last one (the final samples); at most ``timesteps`` frames.
-    """
-    if frames_per_gif < 1:
-        raise ValueError(f"frames_per_gif must be >= 1, got {frames_per_gif}")
-    return set(np.linspace(0, timesteps - 1, min(frames_per_gif, timesteps)).round().astype(int).tolist())
+    @property
+    def images(self) -> torch.Tensor:
+        return self.raw.clamp(-1, 1)
 
 
 def sample(
@@ -382,6 +376,7 @@ def sample(
     guidance: float = 1.0,
     guidance_interval: tuple[int, int] | None = None,
     frames_per_gif: int = 0,
+    batch_size: int = DEFAULT_SAMPLE_BATCH,
 ) -> Drawn:
     """Generate ``n_samples`` images (Figure 14): x_T ~ N(0, I), then one sampler update per step.
 
@@ -389,19 +384,22 @@ def sample(
     ``ddpm`` is Algorithm 2, ``ddim`` DDIM, ``dpm++`` DPM-Solver++(2M). Each step
     asks the network for eps_theta(x_t, t) and hands it to ``sampler.step``.
 
-    ``seed`` makes the result reproducible (a private generator draws x_T and
-    every z; the global random state is untouched). With ``frames_per_gif``,
-    that many snapshots spread over the reverse process are returned as
-    ``Drawn.frames`` (the GIF of Figure 14 is ``figures.save_sampling_gif``'s job).
+    The images are drawn ``batch_size`` at a time, so memory stays flat in
+    ``n_samples``; image i's x_T and every z come from its own generator
+    (``noise_seed(seed, i)``), so the result does not depend on ``batch_size``.
+    ``seed`` None draws a random one; the global random state is untouched.
+    With ``frames_per_gif``, that many snapshots spread over the reverse process
+    are returned as ``Drawn.frames`` (the GIF is ``figures.save_sampling_gif``'s job).
 
     A class-conditional model draws image i of class ``labels[i]`` with
     classifier-free guidance of weight ``guidance`` (``DiffusionModel.guided_backward``),
     with every sampler; ``labels = None`` draws unconditionally. ``guidance_interval = (lo, hi)`` applies
     that weight only at the steps lo <= t <= hi and plain conditional prediction (W = 1, one network pass)
     at the others (guidance in a limited interval, Kynkaanniemi et al. 2024); None guides every step.
+    A batch that does not fit in memory raises ``SamplingOutOfMemory``.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if n_samples < 1 or batch_size < 1:
+        raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples} and {batch_size}")
     if labels is not None and labels.shape != (n_samples,):
         raise ValueError(f"need one label per sample: {n_samples} samples, labels of shape {tuple(labels.shape)}")
     if guidance_interval is not None and not 0 <= guidance_interval[0] <= guidance_interval[1] < ddpm.timesteps:
@@ -409,32 +407,44 @@ def sample(
                          f"got {guidance_interval}")
     if isinstance(sampler, str):
         sampler = make_sampler(sampler, ddpm)
-    steps = sampler.timesteps()
     device = torch.device(device) if device is not None else ddpm.device
-    gen = torch.Generator(device=device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
+    seed = torch.Generator().seed() if seed is None else seed
+    steps = sampler.timesteps()
     frame_steps = gif_frame_steps(len(steps), frames_per_gif) if frames_per_gif else set()
-    frames: list[torch.Tensor] = []
-    shape = (n_samples, *ddpm.image_chw)
-
-    def noise() -> torch.Tensor:
-        return torch.randn(shape, generator=gen, device=device)
-
-    sampler.reset()
+    images, frames = [], []
     was_training = ddpm.training
     ddpm.eval()
+    try:
+        for start in range(0, n_samples, batch_size):
+            n = min(batch_size, n_samples - start)
+            y = labels[start:start + n].to(device) if labels is not None else None
+            x, shots = _reverse_process(ddpm, sampler, steps, ImageNoise(seed, start, n, ddpm.image_chw, device), y,
+                                        guidance, guidance_interval, frame_steps)
+            images.append(x.cpu())
+            frames.append(shots)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc):
+            raise SamplingOutOfMemory(f"out of memory drawing a batch of {batch_size} images on {device}: lower "
+                                      "--sample-batch (the images do not depend on it)") from None
+        raise
+    finally:
+        ddpm.train(was_training)
+    return Drawn(torch.cat(images), [torch.cat(shot) for shot in zip(*frames)])
+
+
+def _reverse_process(ddpm: DiffusionModel, sampler: Sampler, steps: list[int], noise: ImageNoise,
+                     y: torch.Tensor | None, guidance: float, guidance_interval: tuple[int, int] | None,
+                     frame_steps: set[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One batch from x_T to x_0: the final images and the snapshots after the ``frame_steps`` positions."""
+    sampler.reset()
+    shots = []
     with torch.no_grad():
         x = noise()  # x_T ~ N(0, I)
-        t_batch = torch.empty(n_samples, dtype=torch.long, device=device)
-        y = labels.to(device) if labels is not None else None
+        t_batch = torch.empty(len(x), dtype=torch.long, device=x.device)
         for idx, t in enumerate(progress_bar(steps, desc=f"Sampling ({sampler.name})", leave=False)):
             w = guidance if guidance_interval is None or guidance_interval[0] <= t <= guidance_interval[1] else 1.0
             eta_theta = ddpm.guided_backward(x, t_batch.fill_(t), y, w)
             x = sampler.step(x, t, steps[idx + 1] if idx + 1 < len(steps) else -1, eta_theta, noise)
             if idx in frame_steps:
-                frames.append(x.detach().to("cpu", copy=True))
-    ddpm.train(was_training)
-    return Drawn(x.clamp(-1, 1), x, frames)
+                shots.append(x.detach().to("cpu", copy=True))
+    return x, shots

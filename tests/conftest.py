@@ -97,3 +97,12 @@ def read_gif(path: Path) -> tuple[list[np.ndarray], list[int]]:
             frames.append(np.array(frame.convert("L")))
             durations.append(frame.info["duration"])
     return frames, durations
+
+
+def per_image_draws(seed: int, n: int, chw: tuple[int, ...], count: int) -> list[torch.Tensor]:
+    """The first ``count`` N(0, I) draws of ``utils.sample``'s images 0..n-1 (x_T, then each z), each image
+    from its own generator (``samplers.noise_seed``), as (n, *chw) tensors."""
+    from samplers import noise_seed
+
+    generators = [torch.Generator().manual_seed(noise_seed(seed, i)) for i in range(n)]
+    return [torch.stack([torch.randn(chw, generator=g) for g in generators]) for _ in range(count)]

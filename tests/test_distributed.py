@@ -28,7 +28,8 @@ def _worker(rank: int, world: int, port: int, data_root: str, out: str) -> None:
     import distributed
     from utils import TrainState
     from Dataset import get_data_loaders
-    from diffusion_model import DiffusionModel, diffusion_loss
+    from diffusion_model import DiffusionModel
+    from recipe import diffusion_loss
     from unet import MyUNet
     from utils import training_loop
 

@@ -15,7 +15,8 @@ from torch import nn
 import main
 from conftest import read_gif
 from datagen import make_mnist
-from diffusion_model import DiffusionModel, diffusion_loss
+from diffusion_model import DiffusionModel
+from recipe import diffusion_loss
 from unet import add_label, label_embedding, make_unet
 from samplers import make_sampler
 from utils import sample

@@ -12,7 +12,8 @@ from checkpoint import build_model, load_checkpoint, model_config, save_checkpoi
 from utils import TrainState
 from cli import dataset_of, parse_args, settings_given
 from config import resolve
-from diffusion_model import DiffusionModel, diffusion_loss
+from diffusion_model import DiffusionModel
+from recipe import diffusion_loss
 from recipe import make_scheduler, min_snr_weight, warmup_cosine
 from unet import MyUNet, ResAttnUNet, make_unet
 from samplers import make_sampler

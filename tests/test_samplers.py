@@ -9,13 +9,14 @@ import math
 
 import pytest
 import torch
-from conftest import ZeroNet
+from conftest import ZeroNet, per_image_draws
 from torch import nn
 
 import samplers
 import utils
 from samplers import SAMPLERS, make_sampler
-from diffusion_model import DiffusionModel, log_snr, threshold_x0, timestep_schedule
+from diffusion_model import DiffusionModel, log_snr, threshold_x0
+from samplers import timestep_schedule
 
 # float64 reference of the paper's schedule (Listing 1, Eq. 1 and 5), independent of the module.
 BETAS64 = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
@@ -136,7 +137,7 @@ def test_dpm_solver_beats_ddim_on_the_exact_ode_solution_of_gaussian_data():
     mu, s = 0.1, 0.2  # the exact solution stays inside [-1, 1], where sample() clamps
     ddpm = DiffusionModel(ZeroNet(), image_chw=(1, 8, 8))
     ddpm.backward_process_model = GaussianOracle(ddpm.alpha_bars, mu, s)
-    x_T = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(4))  # sample()'s x_T for seed 4
+    x_T = per_image_draws(4, 64, (1, 8, 8), 1)[0]  # sample()'s x_T for seed 4
     abar_T = ALPHA_BARS64[-1].item()
     exact = mu + s * (x_T.double() - math.sqrt(abar_T) * mu) / math.sqrt(abar_T * s**2 + 1 - abar_T)
     assert exact.abs().max() < 1
@@ -288,13 +289,12 @@ def test_noisy_ddim_skipping_steps_uses_song_et_als_sigma():
 
 def test_noisy_ddim_sampler_over_skipped_steps_by_hand():
     """utils.sample with DDIM, 3 steps (999 -> 500 -> 0 -> clean), eta 0.5: each update is Eq. 12 with Eq. 16's sigma
-    and the next draw of the seeded generator (x_T first, then one z per noisy update), no clipping."""
+    and each image's next draw of its own generator (x_T first, then one z per noisy update), no clipping."""
     net = Recorder()
     ddpm = DiffusionModel(net, image_chw=(1, 3, 3))
     out = utils.sample(ddpm, 2, seed=5, sampler=make_sampler("ddim", ddpm, 3, eta=0.5, clip_x0="none")).images
     assert [t for _, t, _ in net.seen] == [999, 500, 0]
-    g = torch.Generator().manual_seed(5)
-    x_T, z1, z2 = (torch.randn(2, 1, 3, 3, generator=g).double() for _ in range(3))
+    x_T, z1, z2 = (draw.double() for draw in per_image_draws(5, 2, (1, 3, 3), 3))
     eps = lambda x, t: 0.1 * x + 0.01 * t / 1000  # noqa: E731
     torch.testing.assert_close(net.seen[0][0], x_T)
     x1 = ddim_by_hand(x_T, 999, 500, eps(x_T, 999), 0.5, z1)
@@ -324,7 +324,7 @@ def test_clipped_dpm_solver_sampler_two_steps_by_hand():
     out = utils.sample(ddpm, 2, seed=3, sampler=make_sampler("dpm++", ddpm, 3, clip_x0="clip")).images
     assert [t for _, t, _ in net.seen] == [999, 500, 0]
     x_T = net.seen[0][0]
-    torch.testing.assert_close(x_T, torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3)).double())
+    torch.testing.assert_close(x_T, per_image_draws(3, 2, (1, 4, 4), 1)[0].double())
 
     def data_prediction(k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 4 solved for x_0 from the k-th network call's input and output, raw and clipped."""

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import figures
 import utils
+import samplers
 from samplers import make_sampler
 from utils import TrainState
 from diffusion_model import DiffusionModel
@@ -97,11 +98,11 @@ def test_train_state_step_is_one_optimizer_step_and_one_ema_update():
 
 
 def test_gif_frame_steps():
-    steps = utils.gif_frame_steps(1000, 100)
+    steps = samplers.gif_frame_steps(1000, 100)
     assert len(steps) == 100 and min(steps) == 0 and max(steps) == 999
-    assert utils.gif_frame_steps(10, 100) == set(range(10))
+    assert samplers.gif_frame_steps(10, 100) == set(range(10))
     with pytest.raises(ValueError):
-        utils.gif_frame_steps(10, 0)
+        samplers.gif_frame_steps(10, 0)
 
 
 def test_sample_gif_grid_and_determinism(tmp_path):
@@ -139,7 +140,7 @@ def test_sample_runs_algorithm_2_with_the_reverse_step(monkeypatch):
     monkeypatch.setattr(ddpm, "step", spy)
     utils.sample(ddpm, 2, seed=0)
     assert calls == [(6, False), (5, False), (4, False), (3, False), (2, False), (1, False), (0, True)]
-    with pytest.raises(ValueError, match="n_samples must be >= 1"):
+    with pytest.raises(ValueError, match="n_samples and batch_size must be >= 1"):
         utils.sample(ddpm, 0)
 
 
