@@ -17,6 +17,7 @@ from config import (ARCHITECTURES, BETA_SCHEDULES, DATASETS, DEFAULT_DATASET, LI
 from diffusion_model import CLIP_MODES, VARIANCES
 from fastpath import PARTS, RECOMMENDED, describe, parse_parts
 from figures import DISPLAY_MODES
+from persian_files import ZIP_MAX_BYTES, ZIP_MAX_RATIO
 from samplers import DEFAULT_SAMPLE_BATCH, SAMPLERS, STEP_SCHEDULES
 
 # The sampler options of the command line, as the sampler classes name them (``Sampler.options``).
@@ -157,6 +158,9 @@ def _add_actions(p: argparse.ArgumentParser) -> None:
     what.add_argument("--evaluate", action="store_true",
                       help="score --n-samples generated images from --checkpoint with the offline judge "
                            "(Frechet distance, classifier score, class histogram, saturation); saves JSON")
+    what.add_argument("--export", default=None, metavar="DIR",
+                      help="write --checkpoint's EMA weights (raw with --no-ema) as DIR/model.safetensors and its "
+                           "config as DIR/config.json, the Hugging Face layout; --checkpoint DIR samples from it")
     what.add_argument("--figures", action="store_true",
                       help="draw the paper's figures: dataset samples (Fig. 2/5), forward process (Fig. 7/8), "
                            "positional-encoding matrix (Fig. 9)")
@@ -178,6 +182,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                       help="DataLoader worker processes (default: chosen for the device)")
     data.add_argument("--skip-bad-files", action="store_true",
                       help="skip unreadable Persian images instead of stopping with an error")
+    data.add_argument("--zip-max-bytes", type=positive_int, default=ZIP_MAX_BYTES,
+                      help="the most the Persian zip's images may unpack to, in bytes (checked before anything is "
+                           "written, and again while writing)")
+    data.add_argument("--zip-max-ratio", type=positive_float, default=ZIP_MAX_RATIO,
+                      help="the largest size / compressed size of one image in the Persian zip")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -358,8 +367,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The parsed options, checked alone and against each other; nothing is filled in or changed afterwards."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.train or args.sample or args.figures or args.evaluate):
-        parser.error("nothing to do: give --train, --sample, --evaluate and/or --figures")
+    if not (args.train or args.sample or args.figures or args.evaluate or args.export):
+        parser.error("nothing to do: give --train, --sample, --evaluate, --export and/or --figures")
     if args.figures and args.resume and args.dataset is None:
         parser.error("--figures with --resume needs --dataset (the figures are drawn before the run is read)")
     if args.overwrite and (not args.train or args.resume):

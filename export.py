@@ -19,7 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from checkpoint import CheckpointError, build_model
+from checkpoint import CheckpointError, build_model, check_config
+from config import SettingError
 from diffusion_model import DiffusionModel
 from files import error_text, write_atomic, write_json
 
@@ -79,8 +80,9 @@ def load_exported(folder: str | os.PathLike,
     weights = folder / WEIGHTS_NAME
     _require(weights)
     try:
+        check_config(config)  # the command line's bounds, before anything is allocated
         ddpm = build_model(config, device=device)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, SettingError) as exc:
         raise CheckpointError(f"{folder / CONFIG_NAME} does not describe a model of this package "
                               f"({error_text(exc, 120)})") from None
     try:
@@ -111,5 +113,5 @@ def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.
 
 def _require(path: Path) -> None:
     if not path.is_file():
-        raise CheckpointError(f"{path.parent} has no {path.name}: an exported model is a folder with "
-                              f"{WEIGHTS_NAME} and {CONFIG_NAME}")
+        raise CheckpointError(f"{path.parent} is a directory, not a checkpoint file, and it has no {path.name}: pass "
+                              f"a .pt checkpoint, or a folder written by --export ({WEIGHTS_NAME} and {CONFIG_NAME})")

@@ -19,20 +19,20 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import distributed
-from checkpoint import (CheckpointError, build_model, checkpoints_in, find_checkpoint, load_for_sampling,
-                        refuse_to_replace)
-from cli import UsageError, dataset_of, parse_args, sampler_options, settings_given
+from checkpoint import CheckpointError, build_model, find_checkpoint, load_for_sampling, refuse_to_replace
+from cli import UsageError, dataset_of, parse_args, settings_given
 from config import DATA_BATCH_SIZE, DEFAULT_DATASET, ModelSettings, dataset_info, resolve, run_settings
 from Dataset import DatasetError, get_data_loaders
 from diffusion_model import DiffusionModel
 from ema import EMA
+from export import export_model
 from fastpath import describe, loss_function, make_optimizer, prepare_model, recommended_parts, to_tensor_loader
 from figures import save_dataset_samples, save_embedding_matrix, save_forward_process, save_grid, save_sampling_gif
 from files import OutputError, RunLock, ensure_writable, remove_orphans, write_json
@@ -41,7 +41,8 @@ from quality import (format_table, judge_cache, judge_outputs, load_or_train_jud
                      requested_digit_accuracy, score)
 from recipe import make_scheduler
 from resume import ResumeRefused, continue_run, resume_point
-from samplers import Sampler, SamplingOutOfMemory, class_labels, describe_guidance, guidance_setting, make_sampler
+from samplers import SamplingOutOfMemory, describe_guidance
+from sampling_setup import guidance_of, open_model, requested_labels
 from utils import StopRequest, TrainingDiverged, TrainingInterrupted, TrainState, sample, training_loop
 
 log = logging.getLogger("ddpm")
@@ -124,6 +125,12 @@ def run(args: argparse.Namespace) -> None:
         sample_images(args, device, checkpoint, out_dir)
     if args.evaluate:
         score_samples(args, device, checkpoint, out_dir)
+    if args.export:
+        ddpm, ckpt, used = load_for_sampling(checkpoint, device, use_ema=not args.no_ema)
+        weights = "ema" if "ema" in ckpt and not args.no_ema else "raw"
+        folder = export_model(ddpm, ckpt["config"], ensure_writable(Path(args.export) / "probe").parent,
+                              extra=dict(weights=weights, train_args=ckpt.get("train_args", {}), source=str(used)))
+        log.info("Exported the %s weights of %s to %s (model.safetensors, config.json)", weights, used, folder)
 
 
 def load_data(args: argparse.Namespace, device: torch.device, dataset: str, batch_size: int = DATA_BATCH_SIZE,
@@ -132,7 +139,8 @@ def load_data(args: argparse.Namespace, device: torch.device, dataset: str, batc
     return get_data_loaders(dataset, batch_size, args.data_root, seed=args.seed if seed is None else seed,
                             rank=distributed.rank(), world_size=distributed.world_size(),
                             num_workers=args.num_workers, device=device, persian_zip=args.persian_zip,
-                            extract_dir=args.extract_dir, skip_bad_files=args.skip_bad_files)
+                            extract_dir=args.extract_dir, skip_bad_files=args.skip_bad_files,
+                            zip_max_bytes=args.zip_max_bytes, zip_max_ratio=args.zip_max_ratio)
 
 
 # --------------------------------------------------------------------------- --train
@@ -327,53 +335,6 @@ def checkpoint_path(args: argparse.Namespace, out_dir: Path) -> Path:
     if args.dataset or (args.train and not args.resume):
         return out_dir / f"ddpm_{args.dataset or DEFAULT_DATASET}.pt"
     return find_checkpoint(out_dir)
-
-
-def open_model(args: argparse.Namespace, device: torch.device,
-               checkpoint: Path) -> tuple[DiffusionModel, dict[str, Any], Sampler, Path]:
-    """The checkpoint's model (EMA weights unless --no-ema), the checkpoint dict, the sampler asked for, the file."""
-    try:
-        ddpm, ckpt, used = load_for_sampling(checkpoint, device, use_ema=not args.no_ema)
-    except CheckpointError as exc:
-        if not checkpoint.exists():
-            others = ", ".join(p.name for p in checkpoints_in(checkpoint.parent))
-            raise UsageError(f"{exc}{f' ({checkpoint.parent} holds {others})' if others else ''}; train one first: "
-                             f"python main.py --dataset {args.dataset or DEFAULT_DATASET} --train (or pass "
-                             "--checkpoint PATH)") from exc
-        raise
-    dataset, steps, timesteps = ckpt["config"]["dataset"], args.sample_steps, ddpm.timesteps
-    if steps is not None and not 1 <= steps <= timesteps:
-        raise UsageError(f"--sample-steps must lie in 1..{timesteps} (the checkpoint's T), got {steps}")
-    if args.dataset not in (None, dataset):
-        raise UsageError(f"--dataset {args.dataset}, but {used} is a {dataset} model: drop --dataset or pass the "
-                         f"checkpoint of a {args.dataset} model")
-    try:
-        sampler = make_sampler(args.sampler, ddpm, args.sample_steps, **sampler_options(args))
-    except ValueError as exc:
-        raise UsageError(f"--sampler {args.sampler}: {exc}") from None
-    return ddpm, ckpt, sampler, used
-
-
-def requested_labels(args: argparse.Namespace, ddpm: DiffusionModel, used: Path) -> tuple[torch.Tensor | None, int | None]:
-    """--sample's labels and images per grid row (``samplers.class_labels``); None, None when unconditional.
-    --digit or --guidance-interval with an unconditional checkpoint is a ``UsageError``."""
-    if ddpm.num_classes:
-        return class_labels(args.n_samples, ddpm.num_classes, args.digit)
-    for flag, value in (("--digit", args.digit), ("--guidance-interval", args.guidance_interval)):
-        if value is not None:
-            raise UsageError(f"{flag} needs a class-conditional checkpoint; {used} is unconditional "
-                             "(train one with --class-cond)")
-    return None, None
-
-
-def guidance_of(args: argparse.Namespace, ddpm: DiffusionModel, dataset: str) -> tuple[float, tuple[int, int] | None]:
-    """--guidance and --guidance-interval, the dataset's measured setting for what is not given."""
-    info = dataset_info(dataset)
-    try:
-        return guidance_setting(args.guidance, args.guidance_interval, info.guidance, info.guidance_share,
-                                ddpm.timesteps)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def user_message(exc: Exception) -> str:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, StepLR
 
-from config import LOSS_WEIGHTINGS, LR_SCHEDULES  # noqa: F401  (the choices this module implements)
+from config import LR_SCHEDULES
 from diffusion_model import get_loss
 
 log = logging.getLogger("ddpm")

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from config import ARCHITECTURES, PAPER_ARCHITECTURES  # noqa: F401  (the choices of make_unet)
+from config import PAPER_ARCHITECTURES
 
 SUPPORTED_IMAGE_SIZES = (28, 64)
 # ResAttnUNet's channel multipliers per resolution of its grid (the image size over the patch size):

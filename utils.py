@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler

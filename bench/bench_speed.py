@@ -50,7 +50,7 @@ from config import DATASETS, ModelSettings  # noqa: E402
 from Dataset import get_data_loaders  # noqa: E402
 from diffusion_model import DiffusionModel  # noqa: E402
 from ema import EMA  # noqa: E402
-from unet import ARCHITECTURES  # noqa: E402
+from config import ARCHITECTURES  # noqa: E402
 from checkpoint import build_model  # noqa: E402
 from distributed import resolve_device  # noqa: E402
 from samplers import make_sampler  # noqa: E402

@@ -105,7 +105,7 @@ def test_user_errors_are_one_line_without_traceback(trained, tmp_path, run_main)
     [
         (["--train", "--epochs", "0"], "--epochs: must be a positive integer, got 0"),
         (["--train", "--batch-size", "-4"], "--batch-size: must be a positive integer, got -4"),
-        (["--sample", "--n-samples", "0"], "--n-samples: must be a positive integer, got 0"),
+        (["--sample", "--n-samples", "0"], "--n-samples: must be an integer in 1..100000, got 0"),
         (["--train", "--timesteps", "0"], "--timesteps: must be an integer in 1..100000, got 0"),
         (["--train", "--channels", "100000"], "--channels: must be an integer in 1..512, got 100000"),
         (["--train", "--beta-start", "0.01", "--beta-end", "0.001"], "must be larger than --beta-start"),

@@ -71,7 +71,7 @@ def test_broken_exports_are_one_line_errors(tmp_path):
     for name in ("config.json", "model.safetensors"):
         folder = export_model(ddpm, config, tmp_path / f"without_{name}")
         (folder / name).unlink()
-        one_line_error(folder, f"without_{name} has no {name}")
+        one_line_error(folder, f"without_{name} is a directory, not a checkpoint file, and it has no {name}")
     broken = tmp_path / "without_config.json"  # its weights are there: each config below is the fault
     (broken / "config.json").write_text('{"dataset": "mnist",')
     one_line_error(broken, r"config.json is not valid JSON \(JSONDecodeError: Expecting")
@@ -81,7 +81,7 @@ def test_broken_exports_are_one_line_errors(tmp_path):
     one_line_error(broken, "is marked 'ddpm-tutorial-export' version 2; this package reads 'ddpm-tutorial-export' "
                            "version 1")
     (broken / "config.json").write_text('{"dataset": "mnist"}')
-    one_line_error(broken, "does not describe a model of this package .KeyError")
+    one_line_error(broken, "does not describe a model of this package .SettingError: its config is not a dict")
     (good / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes()[:1000])
     one_line_error(good, "model.safetensors is not a readable safetensors file")
 
@@ -104,3 +104,30 @@ def test_extra_may_not_replace_the_model_config(tmp_path):
     with pytest.raises(ValueError, match=r"extra entries \['timesteps'\] would replace"):
         export_model(ddpm, model_config("mnist", ddpm), tmp_path, extra=dict(timesteps=3))
     assert not any(tmp_path.iterdir())
+
+
+def test_export_from_the_command_line_samples_as_the_checkpoint(tmp_path, run_main):
+    """``--export DIR`` writes the EMA weights (the raw ones with --no-ema); ``--checkpoint DIR`` draws the same
+    images as the checkpoint does."""
+    from datagen import make_mnist
+    make_mnist(tmp_path / "data", n_train=16, n_test=4)
+    common = ("--data-root", "data", "--quiet")
+    assert run_main("--dataset", "mnist", "--train", "--epochs", "1", "--timesteps", "10", "--channels", "8",
+                    "--batch-size", "8", *common, cwd=tmp_path).returncode == 0
+    for folder, extra in (("shared", ()), ("shared_raw", ("--no-ema",))):
+        done = run_main("--export", folder, *extra, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "shared" / "config.json").read_text())
+    assert config["weights"] == "ema" and config["network"]["arch"] == "resattn" and config["prediction"] == "v"
+    assert config["train_args"]["loss_weighting"] == "min-snr-v" and config["source"] == "runs/ddpm_mnist.pt"
+    assert json.loads((tmp_path / "shared_raw" / "config.json").read_text())["weights"] == "raw"
+    grids = {}
+    for name, args in (("ckpt", ("--checkpoint", "runs/ddpm_mnist.pt")), ("export", ("--checkpoint", "shared")),
+                       ("raw", ("--checkpoint", "shared_raw"))):
+        done = run_main("--sample", *args, "--n-samples", "4", "--sampler", "ddim", "--sample-steps", "3",
+                        "--out-dir", name, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        grids[name] = (tmp_path / name / "samples_mnist.png").read_bytes()
+    assert grids["export"] == grids["ckpt"]
+    ema, raw = (load_file(tmp_path / folder / "model.safetensors") for folder in ("shared", "shared_raw"))
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)

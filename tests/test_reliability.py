@@ -23,7 +23,6 @@ import torch
 from conftest import ROOT
 from datagen import make_mnist, persian_members, write_zip
 
-import checkpoint
 import utils
 import cli
 import main
