@@ -237,7 +237,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     train = p.add_argument_group("training (every default is config.TrainSettings')")
     d = lambda name: _default(TrainSettings, name)  # noqa: E731
     train.add_argument("--epochs", type=positive_int, default=None,
-                       help=f"training epochs (default: {per_dataset('epochs')}; see the README for the time)")
+                       help=f"training epochs (default: {per_dataset('epochs')}; the README says how long they take)")
     train.add_argument("--batch-size", type=positive_int, default=None,
                        help="images per batch and per process (under torchrun the global batch is this times "
                             f"the number of processes; default: {per_dataset('batch_size')})")

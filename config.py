@@ -43,7 +43,7 @@ class SettingError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """One dataset's facts and the default recipe's choices for it (README: the defaults)."""
+    """One dataset's facts and the default recipe's choices for it (docs/results.md measures them)."""
 
     name: str
     image_size: int

@@ -36,12 +36,10 @@ log = logging.getLogger(__name__)
 PARTS = ("tensor_data", "foreach_adam", "fused_adam", "channels_last", "bf16", "compile")
 
 # What --fast switches on, per device type. The CPU set is what bench/bench_speed.py
-# measured to help on a 2-core x86_64 CPU with native bfloat16 (README, "Speed"):
-# convolutions are 87% of a training step, and channels-last and bf16 speed them up
-# (1.46x and 1.39x alone, 1.99x together). compile gained nothing on top of them after
-# a warm-up of over a minute per process; tensor_data and the Adam kernels moved by less
-# than the run-to-run noise of the machine (about 10%). They stay available through
-# --fast-parts. The CUDA set is the customary one and was not measured here (no GPU).
+# measured to help on the project's 2-core x86_64 CPUs with native bfloat16 (channels-last
+# and bf16 on the convolutions; the other parts did not beat the machine's noise): see
+# docs/speed.md. They stay available through --fast-parts. The CUDA set is the customary
+# one and was not measured here (no GPU).
 RECOMMENDED = {
     "cpu": frozenset({"channels_last", "bf16"}),
     "cuda": frozenset({"tensor_data", "fused_adam", "channels_last", "bf16", "compile"}),

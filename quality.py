@@ -349,7 +349,8 @@ def score(
         classifier_score=classifier_score(probs),
         class_histogram=class_histogram(probs),
         **saturation(samples),
-        # Not every white image is a failure: resized to 64x64, half the real Persian 0s (a dot) are mostly white.
+        # Not every white image is a failure: resized to 64x64, many real Persian 0s (a dot) are mostly white
+        # (docs/results.md, "Persian digits: the noisiest steps").
         mostly_white_classes=class_histogram(probs[mostly_white(samples).to(probs.device)]),
     )
 

@@ -59,8 +59,8 @@ class Sampler:
     """A reverse process over ``ddpm``'s schedule.
 
     Class attributes: ``name`` (the CLI's ``--sampler``), ``default_steps``
-    (None: every step), ``default_clip`` (``--clip-x0`` when not given; README,
-    docs/results.md "Few-step sampling"), ``options`` (the optional CLI options it accepts).
+    (None: every step), ``default_clip`` (``--clip-x0`` when not given;
+    docs/results.md, "Few-step sampling"), ``options`` (the optional CLI options it accepts).
     """
 
     name: ClassVar[str]

@@ -28,7 +28,7 @@ from a checkpoint's config):
   residual blocks with GroupNorm and a scale-shift time modulation (Dhariwal and
   Nichol 2021), more channels at lower resolution, self-attention at the lowest
   resolution, optional dropout; at 64x64 it works on 4x4-pixel patches by
-  default (``patch_size``). The README measures it against the other two.
+  default (``patch_size``). docs/results.md measures it against the other two.
 """
 
 from __future__ import annotations
@@ -340,8 +340,8 @@ class ResAttnUNet(nn.Module):
     With ``patch_size`` p > 1 the network works on a grid of p x p patches: the
     image enters through ``pixel_unshuffle`` (each patch's p*p pixels become
     channels) and the noise leaves through ``pixel_shuffle``. A 64x64 image in 4x4
-    patches (the CLI's default) is a 16x16 grid: 6x faster to train here than at
-    full resolution, at a higher loss per time step (README: issue 16).
+    patches (the CLI's default) is a 16x16 grid: much faster to train than at full
+    resolution, at a higher loss per time step (docs/results.md, the 4x4-patch network).
     The time step enters as in the paper, the frozen sinusoidal table of Eq. 10-11,
     then one ``_make_te`` MLP to a ``4 * base_channels`` embedding shared by every block.
 
