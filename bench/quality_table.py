@@ -4,7 +4,8 @@ Usage: python bench/quality_table.py REPORT.json [REPORT.json ...]
 
 One row per report (the checkpoint's folder name in the first column, so reports of different
 runs can share a table), then the floor (real training images) of the last report, and the judge's
-accuracy. Bits/dim appear where a report has the likelihood bound (--bpd-images).
+accuracy. The kernel distance (KID, scaled by 1000, with its standard error) and precision / recall
+appear for reports that have them. Bits/dim appear where a report has the likelihood bound (--bpd-images).
 """
 
 from __future__ import annotations
@@ -41,12 +42,21 @@ def requested(report: dict) -> str:
     return f"{accuracy['overall']:.1%} ({worst:.1%} for {digit})"
 
 
+def kernel(scores: dict) -> str:
+    """``KID x 1e3 +- se``, precision and recall as table cells (blank for reports written before them)."""
+    if scores.get("kernel_distance") is None:
+        return " | |"
+    kid = f"{1e3 * scores['kernel_distance']:.2f} +- {1e3 * scores['kernel_distance_se']:.2f}"
+    pr = "" if scores.get("precision") is None else f"{scores['precision']:.3f} / {scores['recall']:.3f}"
+    return f" {kid} | {pr} |"
+
+
 def main(paths: list[Path]) -> None:
     if not paths:
         sys.exit(__doc__)
-    print("| run | weights | sampler | n | Frechet distance | x floor | classifier score | mostly white | blank "
-          "| classes 0-9 | sampling s | bits/dim | requested digit (worst digit) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| run | weights | sampler | n | Frechet distance | x floor | KID x 1e3 | precision / recall | classifier score "
+          "| mostly white | blank | classes 0-9 | sampling s | bits/dim | requested digit (worst digit) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for path in paths:
         report = json.loads(path.read_text())
         gen = next(v for k, v in report["rows"].items() if k.startswith("generated"))
@@ -56,11 +66,12 @@ def main(paths: list[Path]) -> None:
         run, weights = Path(report["checkpoint"]).parent.name, "EMA" if report.get("ema") else "raw"
         ratio = gen["frechet_distance"] / report["rows"]["real training images (floor)"]["frechet_distance"]
         print(f"| {run} | {weights} | {sampler} | {gen['n']} | "
-              f"{gen['frechet_distance']:.2f} | {ratio:.1f} | {gen['classifier_score']:.2f} | {gen['mostly_white']:.1%} | "
+              f"{gen['frechet_distance']:.2f} | {ratio:.1f} |{kernel(gen)} {gen['classifier_score']:.2f} | "
+              f"{gen['mostly_white']:.1%} | "
               f"{gen['blank']:.1%} | {histogram(gen)} | {report['sampling_seconds']:.0f} | {bpd} | "
               f"{requested(report)} |")
     floor = report["rows"]["real training images (floor)"]
-    print(f"| real training images (floor) | | | {floor['n']} | {floor['frechet_distance']:.2f} | 1.0 | "
+    print(f"| real training images (floor) | | | {floor['n']} | {floor['frechet_distance']:.2f} | 1.0 |{kernel(floor)} "
           f"{floor['classifier_score']:.2f} | {floor['mostly_white']:.1%} | {floor['blank']:.1%} | "
           f"{histogram(floor)} | | | |")
     print(f"\nJudge accuracy on the validation set: {report['judge_accuracy']:.2%}")
