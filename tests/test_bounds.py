@@ -182,3 +182,18 @@ def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, run_main):
     assert result.returncode == 0, result.stderr
     assert ("The learning-rate warm-up of 500 steps is longer than the run's 3 optimizer steps: the rate never "
             "reaches --lr 0.001 (it ends at 6e-06); lower --warmup-steps") in result.stderr
+
+
+def test_a_zip_bomb_through_the_command_line_is_one_line_and_its_limit_a_flag(tmp_path, run_main):
+    from test_dataset import bomb_zip
+    (tmp_path / "data").mkdir()
+    bomb_zip(tmp_path / "data" / "persian_digits.zip", declared=2 << 30)
+    result = run_main("--dataset", "persian", "--train", "--data-root", "data", "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = next(line for line in result.stderr.splitlines() if line.startswith("main.py: error:"))
+    assert "persian_digits.zip" in line and "raise the limit with --zip-max-ratio" in line
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["persian_digits.zip"]  # nothing extracted
+    result = run_main("--dataset", "persian", "--train", "--data-root", "data", "--epochs", "1",
+                      "--zip-max-ratio", "1e9", "--zip-max-bytes", "1000", cwd=tmp_path)
+    assert result.returncode == 1 and "over the limit of 1,000 bytes" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["persian_digits.zip"]
