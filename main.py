@@ -150,7 +150,7 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
     """Build (or, with --resume, reload) the model and run the training loop of Figure 12."""
     if args.resume:
         try:
-            ddpm, saved, used = resume_point(checkpoint, device, args.dataset, {**settings_given(args), "seed": args.seed})
+            ddpm, saved, used = resume_point(checkpoint, device, args.dataset, settings_given(args))
         except ResumeRefused as exc:
             raise UsageError(str(exc)) from None
         dataset, (_, settings) = saved["config"]["dataset"], run_settings(saved)
