@@ -15,20 +15,16 @@ Two image sizes are supported, the paper's two datasets:
 Three architectures are selectable with ``arch`` (``make_unet`` builds any of them
 from a checkpoint's config):
 
-* ``"paper"``: exactly Figure 11. Its first ``MyBlock`` applies LayerNorm over
-  the whole (C, H, W) of the raw input, after only a per-image constant (the
-  first time embedding) was added. That removes each image's mean and scale, so
-  the network's output is invariant to ``x -> a*x + b`` (a > 0): it cannot see
-  the brightness or contrast of x_t.
-* ``"fixed"``: the smallest change that removes this invariance: the first
-  block does not normalise its raw input (``normalize=False``). Every later
-  LayerNorm acts on features that are non-linear functions of x, which keep
-  the absolute intensities.
-* ``"resattn"``: not in the paper; a small modern UNet (``ResAttnUNet``):
-  residual blocks with GroupNorm and a scale-shift time modulation (Dhariwal and
-  Nichol 2021), more channels at lower resolution, self-attention at the lowest
-  resolution, optional dropout; at 64x64 it works on 4x4-pixel patches by
-  default (``patch_size``). docs/results.md measures it against the other two.
+* ``"paper"``: exactly Figure 11. Its first ``MyBlock`` applies LayerNorm over the
+  whole (C, H, W) of the raw input, which removes each image's mean and scale: the
+  output is invariant to ``x -> a*x + b`` (a > 0), blind to the brightness of x_t.
+* ``"fixed"``: the smallest change that removes this: the first block does not
+  normalise its raw input (``normalize=False``); later LayerNorms see features.
+* ``"resattn"``: not in the paper; a small modern UNet (``ResAttnUNet``): residual
+  blocks with GroupNorm and scale-shift time modulation (Dhariwal and Nichol 2021),
+  more channels at lower resolution, self-attention at the lowest resolution,
+  optional dropout, optional pixel patches (``patch_size``). docs/results.md
+  measures it against the other two.
 """
 
 from __future__ import annotations
@@ -42,8 +38,7 @@ from torch import nn
 from config import PAPER_ARCHITECTURES
 
 SUPPORTED_IMAGE_SIZES = (28, 64)
-# ResAttnUNet's channel multipliers per resolution of its grid (the image size over the patch size):
-# 28 -> 14 -> 7, 16 -> 8 -> 4 (a 64x64 image in 4x4 patches), 32 -> 16 -> 8 and 64 -> 32 -> 16 -> 8.
+# ResAttnUNet's channel multipliers per side of its grid (image size / patch size): 28 -> 14 -> 7, 16 -> 8 -> 4, ...
 DEFAULT_CHANNEL_MULTS = {28: (1, 2, 2), 16: (1, 2, 2), 32: (1, 2, 2), 64: (1, 2, 2, 2)}
 
 
@@ -51,8 +46,7 @@ def sinusoidal_embedding(n: int, d: int) -> torch.Tensor:
     """Sinusoidal positional encoding of positions 0..n-1 in d dimensions.
 
     Implements Eq. 10 and Eq. 11 exactly: for i = 0 .. ceil(d/2)-1,
-    ``PE[pos, 2i] = sin(pos / 10000^(2i/d))`` and
-    ``PE[pos, 2i+1] = cos(pos / 10000^(2i/d))``.
+    ``PE[pos, 2i] = sin(pos / 10000^(2i/d))`` and ``PE[pos, 2i+1] = cos(pos / 10000^(2i/d))``.
 
     Departs from both listings of Figure 10: the first uses the frequency of
     column j (``1/10000^(2j/d)``) for column j, so the sine and cosine of a pair
@@ -82,9 +76,8 @@ def time_table(n_steps: int, dim: int) -> nn.Embedding:
 
 
 def label_embedding(num_classes: int, dim: int) -> nn.Embedding | None:
-    """Class-conditional networks: one learned vector per class plus one for "no label" (index
-    ``num_classes``), added to the time embedding; zero at the start, so training starts unconditional.
-    None for an unconditional network (``num_classes = 0``)."""
+    """One learned vector per class plus "no label" (index ``num_classes``), added to the time embedding,
+    zero at the start (training starts unconditional); None for an unconditional network."""
     if num_classes < 0:
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
     if num_classes == 0:
