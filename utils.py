@@ -423,8 +423,8 @@ def sample(
             frames.append(shots)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc):
-            raise SamplingOutOfMemory(f"out of memory drawing a batch of {batch_size} images on {device}: lower "
-                                      "--sample-batch (the images do not depend on it)") from None
+            raise SamplingOutOfMemory(f"out of memory drawing a batch of {min(batch_size, n_samples)} images on "
+                                      f"{device}: lower --sample-batch (the images do not depend on it)") from None
         raise
     finally:
         ddpm.train(was_training)

@@ -72,7 +72,17 @@ def test_out_of_memory_while_sampling_is_one_line(tmp_path, run_main, monkeypatc
     result = run_main("--sample", "--n-samples", "4", "--sample-batch", "3", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "main.py: error: out of memory drawing a batch of 3 images on cpu: lower --sample-batch" in result.stderr
-    with pytest.raises(SamplingOutOfMemory):
+    with pytest.raises(SamplingOutOfMemory, match="a batch of 2 images on cpu: lower --sample-batch"):
+        utils.sample(tiny_ddpm(timesteps=2), 2)
+
+    def no_gpu_memory(*args, **kwargs):  # what CUDA raises, whatever the device
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(main.DiffusionModel, "guided_backward", no_gpu_memory)
+    with pytest.raises(SamplingOutOfMemory, match="out of memory drawing a batch of 1 images"):
+        utils.sample(tiny_ddpm(timesteps=2), 2, batch_size=1)
+    monkeypatch.setattr(main.DiffusionModel, "guided_backward", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # any other failure is not dressed up as memory
         utils.sample(tiny_ddpm(timesteps=2), 2)
 
 
