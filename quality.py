@@ -369,12 +369,12 @@ def requested_digit_accuracy(judge: DigitClassifier, samples: torch.Tensor, labe
 
 
 def format_table(rows: dict[str, dict[str, Any]], judge_accuracy: float) -> str:
-    """A plain-text table of score rows (KID: the kernel distance and its standard error)."""
+    """A plain-text table of score rows (KID x 1e3: the kernel distance and its standard error, times 1000)."""
     lines = [f"judge accuracy on the validation set: {judge_accuracy:.4f}",
-             f"{'images':<32} {'n':>6} {'Frechet':>9} {'KID +- se':>17} {'prec':>5} {'recall':>6} "
+             f"{'images':<32} {'n':>6} {'Frechet':>9} {'KID x1e3 +- se':>17} {'prec':>5} {'recall':>6} "
              f"{'cls score':>9} {'white':>6} {'blank':>6}  classes 0-9"]
     for name, r in rows.items():
-        kid = f"{r['kernel_distance']:.4f} +- {r['kernel_distance_se']:.4f}"
+        kid = f"{1e3 * r['kernel_distance']:.3f} +- {1e3 * r['kernel_distance_se']:.3f}"
         precision, recall = ("-" if r[key] is None else f"{r[key]:.3f}" for key in ("precision", "recall"))
         lines.append(f"{name:<32} {r['n']:>6} {r['frechet_distance']:>9.3f} {kid:>17} {precision:>5} "
                      f"{recall:>6} {r['classifier_score']:>9.3f} {r['mostly_white']:>6.1%} "

@@ -326,7 +326,7 @@ def test_score_reports_the_kernel_distance_and_precision_recall_against_the_vali
     assert (row["precision"], row["recall"]) == quality.precision_recall(cut, feats, k=3)
     assert (row["precision"], row["recall"]) != quality.precision_recall(val, feats, k=3)  # the cut matters here
     table = quality.format_table({"generated": row}, 0.5)
-    assert "KID +- se" in table and f"{row['kernel_distance']:.4f} +- {row['kernel_distance_se']:.4f}" in table
+    assert "KID x1e3 +- se" in table and f"{1e3 * row['kernel_distance']:.3f} +- {1e3 * row['kernel_distance_se']:.3f}" in table
     assert f"{row['precision']:.3f} {row['recall']:>6.3f}" in table
     few = quality.score(BrightnessJudge(), images[:3], val, "cpu")
     assert few["precision"] is None and few["recall"] is None
