@@ -55,7 +55,7 @@ def main() -> None:
         checkpoint = Path(tmp) / "ddpm_mnist.pt"
         save_checkpoint(checkpoint, build_model(config), config)
         print(f"main.py of {args.repo}; default MNIST network, DPM-Solver++-2, {args.extra or 'default options'}")
-        print(f"{'N':>7} {'peak MB':>8} {'x N=' + str(args.n[0]):>8} {'seconds':>8}")
+        print(f"{'N':>7} {'peak MiB':>8} {'x N=' + str(args.n[0]):>8} {'seconds':>8}")
         first = None
         for n in args.n:
             peak, seconds = peak_of(Path(args.repo), checkpoint, n, Path(tmp) / f"out{n}", args.extra.split())
