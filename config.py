@@ -283,6 +283,6 @@ def check_network_config(net: Mapping[str, Any]) -> None:
         raise SettingError(f"channel_mults must be a list of 1..{LIMITS['depth']} factors, got {mults!r}")
     for mult in mults:
         check_size("channel_mult", mult)
-    sizes = {info.image_size for info in DATASETS.values()}
+    sizes = sorted({info.image_size for info in DATASETS.values()})
     if net.get("image_size") not in sizes:
-        raise SettingError(f"image_size must be one of {sorted(sizes)}, got {net.get('image_size')!r}")
+        raise SettingError(f"image_size must be one of {sizes}, got {net.get('image_size')!r}")

@@ -273,7 +273,8 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     samples = sample(ddpm, n, device, sampler=sampler, seed=args.seed, labels=labels, batch_size=args.sample_batch,
                      guidance=1.0 if guidance is None else guidance, guidance_interval=interval).images
     seconds = time.perf_counter() - start
-    rows = {f"generated ({sampler.name}, {len(sampler.timesteps())} steps)": score(judge, samples, val_features, device),
+    steps = len(sampler.timesteps())
+    rows = {f"generated ({sampler.name}, {steps} steps)": score(judge, samples, val_features, device),
             "real training images (floor)": score(judge, real, val_features, device)}
     log.info("Quality of %s (%s), %d samples drawn in %.1fs:\n%s", used, dataset, n, seconds,
              format_table(rows, judge_accuracy))
@@ -282,7 +283,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
             f"{name}: {' '.join(map(str, row['mostly_white_classes']))}" for name, row in rows.items()))
     report = dict(checkpoint=str(used), dataset=dataset, ema=not args.no_ema and "ema" in ckpt,
                   arch=ddpm.backward_process_model.config["arch"], sampler=sampler.settings(),
-                  steps=len(sampler.timesteps()), seed=args.seed, sampling_seconds=seconds,
+                  steps=steps, seed=args.seed, sampling_seconds=seconds,
                   judge_accuracy=judge_accuracy, rows=rows)
     if labels is not None:
         accuracy = requested_digit_accuracy(judge, samples, labels, device)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from config import N_CLASSES
 from files import atomic_save, writable_beside_data
 from distributed import progress_bar
 
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 JUDGE_FORMAT = "ddpm-tutorial-judge"
 JUDGE_VERSION = 1
-N_CLASSES = 10
 PR_NEIGHBOURS = 3  # k of the k-NN balls of precision and recall (Kynkaanniemi et al. 2019)
 
 

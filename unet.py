@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from config import PAPER_ARCHITECTURES
+from config import DATASETS, PAPER_ARCHITECTURES
 
-SUPPORTED_IMAGE_SIZES = (28, 64)
+SUPPORTED_IMAGE_SIZES = tuple(sorted({info.image_size for info in DATASETS.values()}))  # (28, 64)
 # ResAttnUNet's channel multipliers per side of its grid (image size / patch size): 28 -> 14 -> 7, 16 -> 8 -> 4, ...
 DEFAULT_CHANNEL_MULTS = {28: (1, 2, 2), 16: (1, 2, 2), 32: (1, 2, 2), 64: (1, 2, 2, 2)}
 
