@@ -19,7 +19,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 from urllib.error import URLError
 
 import torch
@@ -347,14 +347,9 @@ def get_data_loaders(
     num_workers: Optional[int] = None,
     pin_memory: Optional[bool] = None,
     device: Union[str, torch.device] = "cpu",
-    persian_zip: Optional[PathLike] = None,
-    extract_dir: Optional[PathLike] = None,
-    download: bool = True,
-    skip_bad_files: bool = False,
-    zip_max_bytes: int = ZIP_MAX_BYTES,
-    zip_max_ratio: float = ZIP_MAX_RATIO,
     rank: int = 0,
     world_size: int = 1,
+    **source: Any,
 ) -> tuple[DataLoader, DataLoader]:
     """Return ``(train_loader, val_loader)`` for ``"mnist"`` (Figure 1) or ``"persian"`` (Figures 3-4).
 
@@ -365,8 +360,9 @@ def get_data_loaders(
     ``batch_size`` is the caller's (the Figure 4 listing overrides it with 128).
     ``num_workers`` defaults to ``default_num_workers(device)``, ``pin_memory``
     to "device is CUDA and available"; workers persist between epochs.
-    ``persian_zip``/``extract_dir``/``skip_bad_files``/``zip_max_bytes``/``zip_max_ratio``
-    only concern the Persian digits: see ``prepare_persian_digits`` for where the
+    ``source``: where the images come from, the keyword options of ``get_datasets``
+    (``download``; for the Persian digits alone ``persian_zip``, ``extract_dir``,
+    ``skip_bad_files``, ``zip_max_bytes``, ``zip_max_ratio``): see ``prepare_persian_digits`` for where the
     zip is looked for and extracted (``<data_root>/persian_digits``, or
     ``./data/persian_digits`` when the data root is read-only, unless
     ``extract_dir`` is given) and ``extract_zip`` for the limits of an extraction.
@@ -384,17 +380,7 @@ def get_data_loaders(
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"invalid device {device!r}: use e.g. 'cpu' or 'cuda'") from error
-    train, val = get_datasets(
-        name,
-        data_root,
-        seed=seed,
-        persian_zip=persian_zip,
-        extract_dir=extract_dir,
-        download=download,
-        skip_bad_files=skip_bad_files,
-        zip_max_bytes=zip_max_bytes,
-        zip_max_ratio=zip_max_ratio,
-    )
+    train, val = get_datasets(name, data_root, seed=seed, **source)
     workers = default_num_workers(device) if num_workers is None else num_workers
     pin = (device.type == "cuda" and torch.cuda.is_available()) if pin_memory is None else bool(pin_memory)
     options = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)

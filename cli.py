@@ -297,6 +297,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     samp.add_argument("--step-schedule", choices=STEP_SCHEDULES, default=None,
                       help="DDIM and DPM-Solver++: steps evenly spaced in t ('uniform', the default) or in log-SNR "
                            "('logsnr')")
+    samp.add_argument("--eta", type=non_negative_float, default=None,
+                      help="DDIM noise scale: 0 is deterministic (the default), 1 is DDPM-like")
     samp.add_argument("--clip-x0", choices=CLIP_MODES, default=None,
                       help="every sampler: keep the predicted x0 in [-1, 1] before each update: 'none' is "
                            "Algorithm 2 as the paper writes it, 'clip' clamps, 'dynamic' is dynamic thresholding "
@@ -305,8 +307,6 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     samp.add_argument("--reverse-variance", dest="variance", choices=VARIANCES, default=None,
                       help="DDPM: sigma_t^2 of each reverse step, 'beta' (beta_t, the paper, the default) or "
                            "'posterior' (beta-tilde_t, the forward posterior's variance)")
-    samp.add_argument("--eta", type=non_negative_float, default=None,
-                      help="DDIM noise scale: 0 is deterministic (the default), 1 is DDPM-like")
     samp.add_argument("--sample-batch", type=positive_int, default=DEFAULT_SAMPLE_BATCH,
                       help="--sample and --evaluate draw the images in batches of this many, so memory stays flat "
                            "in --n-samples; the images do not depend on it")

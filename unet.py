@@ -183,13 +183,13 @@ class MyUNet(nn.Module):
         arch: str = "paper",
         num_classes: int = 0,
     ) -> None:
-        super().__init__()
+        if min(n_steps, time_emb_dim, in_channels) < 1:
+            raise ValueError("MyUNet needs n_steps, time_emb_dim and in_channels >= 1")
         if image_size not in SUPPORTED_IMAGE_SIZES:
             raise ValueError(f"MyUNet supports image sizes {SUPPORTED_IMAGE_SIZES}, got {image_size}")
         if arch not in PAPER_ARCHITECTURES:
             raise ValueError(f"MyUNet arch must be one of {PAPER_ARCHITECTURES}, got {arch!r}")
-        if n_steps < 1 or time_emb_dim < 1 or in_channels < 1:
-            raise ValueError("MyUNet needs n_steps, time_emb_dim and in_channels >= 1")
+        super().__init__()
         self.config = dict(
             n_steps=n_steps, time_emb_dim=time_emb_dim, image_size=image_size, in_channels=in_channels, arch=arch
         )
@@ -342,20 +342,10 @@ class ResAttnUNet(nn.Module):
     and, for a class-conditional network (``num_classes > 0``), labels y (None: "no label").
     """
 
-    def __init__(
-        self,
-        n_steps: int = 1000,
-        time_emb_dim: int = 100,
-        image_size: int = 28,
-        in_channels: int = 1,
-        arch: str = "resattn",
-        base_channels: int = 32,
-        channel_mults: tuple[int, ...] | list[int] | None = None,
-        blocks: int = 1,
-        dropout: float = 0.0,
-        num_classes: int = 0,
-        patch_size: int = 1,
-    ) -> None:
+    def __init__(self, n_steps: int = 1000, time_emb_dim: int = 100, image_size: int = 28, in_channels: int = 1,
+                 arch: str = "resattn", base_channels: int = 32,
+                 channel_mults: tuple[int, ...] | list[int] | None = None, blocks: int = 1, dropout: float = 0.0,
+                 num_classes: int = 0, patch_size: int = 1) -> None:
         super().__init__()
         if arch != "resattn":
             raise ValueError(f"ResAttnUNet is arch 'resattn', got {arch!r}")
