@@ -163,17 +163,19 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
         log.warning("Nothing to train: the run in %s is complete (%d of %d epochs); pass a larger --epochs "
                     "to train it further", checkpoint.parent, saved["progress"]["epoch"], epochs)
         return
-    parts = recommended_parts(device) if args.fast else (args.fast_parts or frozenset())
-    prepare_model(ddpm, parts)
     batch = settings.batch_size
     train_loader, val_loader = load_data(args, device, dataset, batch, settings.seed)
-    if "tensor_data" in parts:
-        train_loader = to_tensor_loader(train_loader, device)
-    model = ddpm
+    parts = recommended_parts(device) if args.fast else (args.fast_parts or frozenset())
+    model = prepare_model(ddpm, parts)
     if distributed.is_distributed():
         model = DistributedDataParallel(ddpm, device_ids=[device.index] if device.type == "cuda" else None,
                                         forward_sync_buffers=False)  # the schedule buffers never change
+    if "tensor_data" in parts:
+        train_loader = to_tensor_loader(train_loader, device)
     optimizer = make_optimizer(ddpm.parameters(), settings.lr, parts)
+    weighting = settings.loss_weighting
+    loss_fn = loss_function(model, parts, device, batch, snr_gamma=None if weighting == "none" else settings.snr_gamma,
+                            label_drop=settings.label_drop, v_error=weighting == "min-snr-v")
     scheduler, per_step = make_scheduler(optimizer, settings.lr_schedule, steps_per_epoch=len(train_loader),
                                          epochs=epochs, warmup_steps=settings.warmup_steps,
                                          lr_step=settings.lr_step, lr_gamma=settings.lr_gamma)
@@ -190,14 +192,10 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
              n_params, device, describe(parts), epochs, len(train_loader.dataset), len(val_loader.dataset),
              batch, distributed.world_size(), batch * distributed.world_size())
     curves = out_dir / f"loss_curves_{dataset}.png"
-    weighting = settings.loss_weighting
     try:
         with StopRequest() as stop:
             training_loop(state, train_loader, val_loader, epochs, store_path=checkpoint, loss_curve_path=curves,
-                          seed=settings.seed, should_stop=stop,
-                          loss_fn=loss_function(model, parts, device, batch,
-                                                snr_gamma=None if weighting == "none" else settings.snr_gamma,
-                                                label_drop=settings.label_drop, v_error=weighting == "min-snr-v"))
+                          seed=settings.seed, should_stop=stop, loss_fn=loss_fn)
     finally:  # also after an interruption or a divergence: the history of the finished epochs
         if distributed.is_main_process() and state.history["train_loss"]:
             try:
