@@ -28,30 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import fastpath  # noqa: E402
 from checkpoint import build_model  # noqa: E402
 from config import ARCHITECTURES, DATASETS, ModelSettings, TrainSettings  # noqa: E402
 from distributed import resolve_device  # noqa: E402
 from ema import EMA  # noqa: E402
+from flops import matmul_peak, step_gflop  # noqa: E402
 from utils import TrainState  # noqa: E402
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    """GFLOP/s of an n x n matrix product in ``dtype`` (the best of ``repeats``, after one warm-up)."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def main() -> None:
@@ -76,11 +60,7 @@ def main() -> None:
     state = TrainState(ddpm, fastpath.make_optimizer(ddpm.parameters(), train.lr, parts),
                        ema=EMA(ddpm.backward_process_model, train.ema_decay))
     x0 = torch.rand(batch, *ddpm.image_chw, device=device) * 2 - 1
-    with FlopCounterMode(display=False) as counter:
-        fastpath.loss_function(ddpm, frozenset(), device, batch, snr_gamma=train.snr_gamma,
-                               v_error=True)(x0).backward()  # the eager step's work: what the math costs
-    gflop = counter.get_total_flops() / 1e9
-    state.optimizer.zero_grad(set_to_none=True)
+    gflop = step_gflop(ddpm, batch, device, snr_gamma=train.snr_gamma, v_error=True)
     for _ in range(args.warmup):
         state.step(x0, loss_fn)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) \

@@ -3,7 +3,7 @@
 Usage: python bench/quality_table.py REPORT.json [REPORT.json ...]
 
 One row per report (the checkpoint's folder name in the first column, so reports of different
-runs can share a table), then the floor (real training images) of the last report, and the judge's
+runs can share a table), then the floor (real training images) at each sample size, and the judge's
 accuracy. The kernel distance (KID, scaled by 1000, with its standard error) and precision / recall
 appear for reports that have them. Bits/dim appear where a report has the likelihood bound (--bpd-images).
 """
@@ -70,10 +70,14 @@ def main(paths: list[Path]) -> None:
               f"{gen['mostly_white']:.1%} | "
               f"{gen['blank']:.1%} | {histogram(gen)} | {report['sampling_seconds']:.0f} | {bpd} | "
               f"{requested(report)} |")
-    floor = report["rows"]["real training images (floor)"]
-    print(f"| real training images (floor) | | | {floor['n']} | {floor['frechet_distance']:.2f} | 1.0 |{kernel(floor)} "
-          f"{floor['classifier_score']:.2f} | {floor['mostly_white']:.1%} | {floor['blank']:.1%} | "
-          f"{histogram(floor)} | | | |")
+    floors = {}  # one floor row per sample size (reports of equal N share their floor)
+    for path in paths:
+        floor = json.loads(path.read_text())["rows"]["real training images (floor)"]
+        floors.setdefault(floor["n"], floor)
+    for n, floor in sorted(floors.items()):
+        print(f"| real training images (floor) | | | {n} | {floor['frechet_distance']:.2f} | 1.0 |{kernel(floor)} "
+              f"{floor['classifier_score']:.2f} | {floor['mostly_white']:.1%} | {floor['blank']:.1%} | "
+              f"{histogram(floor)} | | | |")
     print(f"\nJudge accuracy on the validation set: {report['judge_accuracy']:.2%}")
 
 
