@@ -254,23 +254,26 @@ class DiffusionModel(nn.Module):
         return out
 
     def guided_backward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
-                        guidance: float = 1.0) -> torch.Tensor:
+                        guidance: float | torch.Tensor = 1.0) -> torch.Tensor:
         """Classifier-free guidance (Ho and Salimans 2022): ``eps_u + w * (eps_c - eps_u)``.
 
         ``eps_c`` is the prediction with the labels ``y``, ``eps_u`` with "no label";
         ``w = guidance``: 0 is the unconditional model, 1 the conditional one (one
         network pass each), any other w both in one batch. ``y = None``: plain ``backward``.
+        ``guidance`` may also be one weight per image, shape (N,) (distillation: each image its own t).
         """
         if y is None:
             return self.backward(x, t)
-        if guidance == 1.0:
+        per_image = isinstance(guidance, torch.Tensor)
+        if not per_image and guidance == 1.0:
             return self.backward(x, t, y)
         null = torch.full_like(y, self.num_classes)
-        if guidance == 0.0:
+        if not per_image and guidance == 0.0:
             return self.backward(x, t, null)
         both = self.backward(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
         eps_c, eps_u = both.chunk(2)
-        return eps_u + guidance * (eps_c - eps_u)
+        w = guidance.to(eps_c.dtype).reshape(-1, *([1] * (x.dim() - 1))) if per_image else guidance
+        return eps_u + w * (eps_c - eps_u)
 
     def forward(
         self, x_0: torch.Tensor, generator: torch.Generator | None = None, t: torch.Tensor | None = None,

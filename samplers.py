@@ -10,6 +10,8 @@ with which steps and remembers what a multistep solver needs.
 * ``DDPMSampler``: Algorithm 2 of the paper, every step (``DiffusionModel.step``).
 * ``DDIMSampler``: DDIM (Song et al. 2021), any number of steps, noise scale ``eta``.
 * ``DPMSolverSampler``: DPM-Solver++(2M) (Lu et al. 2022), a second-order multistep ODE solver.
+* ``DistilledSampler``: deterministic DDIM on ``distillation_grid``, the steps a student of progressive
+  distillation (Salimans and Ho 2022; ``distill.py``) was trained to take.
 
 Adding a sampler is one class here and one line in ``SAMPLERS``; the command line
 takes its name, its defaults and which options it accepts from the class.
@@ -53,6 +55,19 @@ def timestep_schedule(alpha_bars: torch.Tensor, n: int, kind: str = "uniform") -
     for k in range(1, n):  # strictly decreasing, leaving room for the steps still to come
         steps[k] = max(min(steps[k], steps[k - 1] - 1), n - 1 - k)
     return steps
+
+
+def distillation_grid(timesteps: int, n: int) -> list[int]:
+    """The ``n + 1`` boundaries of an ``n``-step grid over T = ``timesteps`` steps, noisiest first, ``-1`` last.
+
+    ``s_k = T - 1 - round(k T / n)`` for k = 0..n (rounding half up, in integers), so ``s_0 = T - 1`` and
+    ``s_n = -1``, the clean image (abar = 1). The 2n-step grid nests it exactly: its boundary 2k is
+    ``s_k``, and its boundary 2k + 1 is the midpoint a teacher's first DDIM step lands on (Salimans and
+    Ho 2022, Algorithm 2: t' = t - 0.5/N, t'' = t - 1/N in discrete steps). Strictly decreasing for n <= T.
+    """
+    if not 1 <= n <= timesteps:
+        raise ValueError(f"the number of steps must lie in 1..{timesteps}, got {n}")
+    return [timesteps - 1 - (2 * k * timesteps + n) // (2 * n) for k in range(n + 1)]
 
 
 class Sampler:
@@ -186,7 +201,25 @@ class DPMSolverSampler(_SkippingSampler):
         return x_prev
 
 
-SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPMSampler, DDIMSampler, DPMSolverSampler)}
+class DistilledSampler(Sampler):
+    """Deterministic DDIM (Song et al. 2021, Eq. 12 with eta = 0) on ``distillation_grid``: a distilled student.
+
+    The update is the one a student of progressive distillation learned to take (``distill.py``), so its
+    default is no clipping, as in training; ``steps`` defaults to every step (a distilled checkpoint's own
+    steps come from ``sampling_setup.open_model``).
+    """
+
+    name = "distilled"
+
+    def timesteps(self) -> list[int]:
+        return distillation_grid(self.ddpm.timesteps, self.steps)[:-1]
+
+    def step(self, x: torch.Tensor, t: int, t_prev: int, eps: torch.Tensor, noise: Noise) -> torch.Tensor:
+        return self.ddpm.ddim_step(x, t, t_prev, eta_theta=eps, ddim_eta=0.0, clip_x0=self.clip_x0).x_prev
+
+
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPMSampler, DDIMSampler, DPMSolverSampler,
+                                                                DistilledSampler)}
 
 
 def make_sampler(name: str, ddpm: DiffusionModel, steps: int | None = None, **options: object) -> Sampler:

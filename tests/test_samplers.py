@@ -224,10 +224,11 @@ def test_sample_with_every_sampler_and_option_and_refusals():
 
 
 def test_the_clipping_default_is_per_sampler(monkeypatch):
-    """Algorithm 2 keeps x0 as the paper writes it; the few-step samplers clip it (docs/results.md)."""
+    """Algorithm 2 keeps x0 as the paper writes it; the few-step samplers clip it (docs/results.md); a distilled
+    student's sampler does not, as it was trained."""
     ddpm = DiffusionModel(Affine(20), timesteps=20, image_chw=(1, 2, 2))
     used = {name: make_sampler(name, ddpm, None if name == "ddpm" else 5).clip_x0 for name in SAMPLERS}
-    assert used == {"ddpm": "none", "ddim": "clip", "dpm++": "clip"}
+    assert used == {"ddpm": "none", "ddim": "clip", "dpm++": "clip", "distilled": "none"}
     assert make_sampler("dpm++", ddpm, 5, clip_x0="none").clip_x0 == "none"  # an explicit choice wins
     seen = []
     real = threshold_x0
