@@ -9,6 +9,7 @@ destroys the previous good checkpoint. What it holds:
 * ``config``: dataset, image shape, schedule and network (``model_config``), so
   sampling rebuilds the model with no repeated flags;
 * ``model``: the ``DiffusionModel``'s ``state_dict`` (network and schedule buffers);
+* a student of ``--distill`` (``distill.py``): ``config["distillation"]``, its steps, teacher and rounds;
 * written by training (``TrainState.save``): ``history`` (per-epoch losses),
   ``progress`` (epoch, batch and partial loss sums of an interrupted epoch),
   ``train_args``, ``optimizer``, ``scheduler``, ``rng`` (every rank's random
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ log = logging.getLogger("ddpm")
 
 FORMAT = "ddpm-tutorial-checkpoint"
 VERSION = 1
+STUDENT_NAME = re.compile(r"_distilled\d+$")  # the stem of a --distill student: <run>_distilled<N>
 
 
 class CheckpointError(Exception):
@@ -125,6 +128,10 @@ def check_config(config: Any) -> None:
     shape = [net.get("in_channels", 1), net["image_size"], net["image_size"]]
     if list(config["image_chw"]) != shape:
         raise SettingError(f"image_chw {config['image_chw']!r} differs from its network's {shape}")
+    if "distillation" in config:  # a student of --distill: the steps it samples with
+        steps = config["distillation"].get("steps") if isinstance(config["distillation"], dict) else None
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= config["timesteps"]:
+            raise SettingError(f"its distillation steps must be an integer in 1..{config['timesteps']}, got {steps!r}")
 
 
 def load_for_sampling(path: Path, device: torch.device | str, use_ema: bool = False,
@@ -174,9 +181,12 @@ def _read(path: Path, device: torch.device | str) -> Any:
 
 
 def checkpoints_in(folder: Path) -> list[Path]:
-    """The runs in ``folder``: each ``ddpm_<name>.pt`` (known from its best or its ``_last`` file), sorted."""
+    """The runs in ``folder``: each ``ddpm_<name>.pt`` (known from its best or its ``_last`` file), sorted.
+
+    The students of --distill (``<run>_distilled<N>.pt``) are not runs: they are sampled with --checkpoint.
+    """
     names = {p.name[: -len("_last.pt")] + ".pt" if p.name.endswith("_last.pt") else p.name
-             for p in Path(folder).glob("ddpm_*.pt")}
+             for p in Path(folder).glob("ddpm_*.pt") if not STUDENT_NAME.search(p.stem)}
     return sorted(Path(folder) / name for name in names)
 
 

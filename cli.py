@@ -12,8 +12,8 @@ import math
 from typing import Any, Callable, NoReturn, Sequence
 
 from config import (ARCHITECTURES, BETA_SCHEDULES, DATASETS, DEFAULT_DATASET, LIMITS, LOSS_WEIGHTINGS,
-                    LR_SCHEDULES, MODEL_FIELDS, PREDICTIONS, RECIPES, TRAIN_FIELDS, ModelSettings, SettingError,
-                    TrainSettings, resolve)
+                    LR_SCHEDULES, MODEL_FIELDS, PREDICTIONS, RECIPES, TRAIN_FIELDS, DistillSettings, ModelSettings,
+                    SettingError, TrainSettings, resolve)
 from diffusion_model import CLIP_MODES, VARIANCES
 from fastpath import PARTS, RECOMMENDED, describe, parse_parts
 from figures import DISPLAY_MODES
@@ -114,6 +114,21 @@ def step_interval(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def power_of_two(text: str) -> int:
+    """argparse type of --distill-steps and --distill-start: 1, 2, 4, 8, ..."""
+    value = int(text)
+    if value < 1 or value & (value - 1):
+        raise argparse.ArgumentTypeError(f"must be a power of two (each round halves the steps), e.g. 64, got {text}")
+    return value
+
+
+def per_round(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
+    """argparse type of --distill-updates and --distill-lr: ``"1800"`` (every round) or ``"2000,2000,1500"``."""
+    parse = lambda text: tuple(kind(part.strip()) for part in text.split(","))  # noqa: E731
+    parse.__name__ = "list"  # argparse's "invalid list value: 'x'"
+    return parse
+
+
 def bounded_int(name: str) -> Callable[[str], int]:
     """argparse type of a size: an integer in 1..``config.LIMITS[name]`` (a checkpoint is held to the same)."""
 
@@ -147,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_training_options(p)
     _add_sampling_options(p)
+    _add_distill_options(p)
     _add_run_options(p)
     return p
 
@@ -164,6 +180,9 @@ def _add_actions(p: argparse.ArgumentParser) -> None:
     what.add_argument("--figures", action="store_true",
                       help="draw the paper's figures: dataset samples (Fig. 2/5), forward process (Fig. 7/8), "
                            "positional-encoding matrix (Fig. 9)")
+    what.add_argument("--distill", action="store_true",
+                      help="distill --checkpoint into students of half the steps, round by round, down to "
+                           "--distill-steps; each saved as OUT_DIR/<checkpoint name>_distilled<steps>.pt (runs alone)")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -266,10 +285,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                             f"off (default: {d('ema_decay')})")
     train.add_argument("--resume", action="store_true",
                        help="continue training from the last checkpoint (CHECKPOINT with _last) up to --epochs "
-                            "in total: weights, EMA, optimizer, scheduler, epoch, history and random state")
+                            "in total: weights, EMA, optimizer, scheduler, epoch, history and random state; with "
+                            "--distill, the distillation from its saved state (OUT_DIR/distill_<name>_last.pt)")
     train.add_argument("--overwrite", action="store_true",
-                       help="let a new training replace the run already in --out-dir for this dataset "
-                            "(without it, that is refused)")
+                       help="let a new training replace the run already in --out-dir for this dataset, or "
+                            "--distill replace the students already there (without it, that is refused)")
     train.add_argument("--fast", action="store_true",
                        help="train with the fast-path parts chosen for this device type (CPU, measured by "
                             f"bench/bench_speed.py: {describe(RECOMMENDED['cpu'])}; CUDA, not measured "
@@ -287,13 +307,15 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     samp.add_argument("--n-samples", type=bounded_int("n_samples"), default=16, help="images to generate")
     samp.add_argument("--gif", default=None, help="also write the reverse process as a GIF to this path")
     samp.add_argument("--frames-per-gif", type=positive_int, default=100, help="frames of the GIF before the hold")
-    samp.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddpm",
-                      help="'ddpm' is Algorithm 2 (every step); 'ddim' is Song et al. (2021) and 'dpm++' is "
-                           "DPM-Solver++(2M) (Lu et al. 2022), both with fewer steps")
+    samp.add_argument("--sampler", choices=tuple(SAMPLERS), default=None,
+                      help="'ddpm' is Algorithm 2 (every step, the default); 'ddim' is Song et al. (2021) and "
+                           "'dpm++' is DPM-Solver++(2M) (Lu et al. 2022), both with fewer steps; 'distilled' is "
+                           "deterministic DDIM on the grid of --distill, the default for a distilled checkpoint, "
+                           "at its own steps")
     samp.add_argument("--sample-steps", type=positive_int, default=None,
                       help="network evaluations of the few-step samplers (default: " + ", ".join(
                           f"{name} {cls.default_steps}" for name, cls in SAMPLERS.items() if cls.default_steps)
-                           + "); DDPM always uses all T")
+                           + "; distilled: the checkpoint's own); DDPM always uses all T")
     samp.add_argument("--step-schedule", choices=STEP_SCHEDULES, default=None,
                       help="DDIM and DPM-Solver++: steps evenly spaced in t ('uniform', the default) or in log-SNR "
                            "('logsnr')")
@@ -337,6 +359,23 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                            "'minmax' stretches each image to its own range as the paper does")
 
 
+def _add_distill_options(p: argparse.ArgumentParser) -> None:
+    dist = p.add_argument_group("progressive distillation (Salimans and Ho 2022; every default is "
+                                "config.DistillSettings'; --batch-size, --ema-decay and --resume apply too)")
+    d = lambda name: _default(DistillSettings, name)  # noqa: E731
+    dist.add_argument("--distill-steps", type=power_of_two, default=None,
+                      help=f"the sampling steps of the last student (default: {d('steps')})")
+    dist.add_argument("--distill-start", type=power_of_two, default=None,
+                      help=f"the DDIM steps of the first teacher, at most T; the first student takes half as many "
+                           f"(default: {d('start')}; distilling a student: its own steps)")
+    dist.add_argument("--distill-updates", type=per_round(positive_int), default=None, metavar="N[,N...]",
+                      help="optimizer updates of each round: one number for every round, or one per round "
+                           f"(default: {d('updates')[0]})")
+    dist.add_argument("--distill-lr", type=per_round(positive_float), default=None, metavar="LR[,LR...]",
+                      help="Adam learning rate at the start of each round, decayed linearly to 0 within the round: "
+                           f"one for every round, or one per round (default: {d('lr')[0]:g})")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("run")
     run.add_argument("--out-dir", default="runs", help="folder for checkpoints, figures and sample grids")
@@ -367,12 +406,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The parsed options, checked alone and against each other; nothing is filled in or changed afterwards."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.train or args.sample or args.figures or args.evaluate or args.export):
-        parser.error("nothing to do: give --train, --sample, --evaluate, --export and/or --figures")
+    if not (args.train or args.sample or args.figures or args.evaluate or args.export or args.distill):
+        parser.error("nothing to do: give --train, --sample, --evaluate, --export, --figures and/or --distill")
+    if args.distill and (args.train or args.sample or args.figures or args.evaluate or args.export):
+        parser.error("--distill runs alone: distill first, then --sample or --evaluate a student with --checkpoint")
+    if not args.distill and any(getattr(args, f"distill_{k}") is not None for k in ("steps", "start", "updates", "lr")):
+        parser.error("--distill-steps, --distill-start, --distill-updates and --distill-lr need --distill")
     if args.figures and args.resume and args.dataset is None:
         parser.error("--figures with --resume needs --dataset (the figures are drawn before the run is read)")
-    if args.overwrite and (not args.train or args.resume):
-        parser.error("--overwrite needs --train without --resume")
+    if args.overwrite and (not (args.train or args.distill) or args.resume):
+        parser.error("--overwrite needs --train or --distill, without --resume")
     if args.train and not args.resume:
         try:
             resolve(settings_given(args), dataset_of(args), args.recipe)
@@ -389,13 +432,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--digit, --guidance and --guidance-interval need --sample or --evaluate")
     if args.gif is not None and not args.sample:
         parser.error("--gif needs --sample")
-    if args.resume and not args.train:
-        parser.error("--resume needs --train")
+    if args.resume and not (args.train or args.distill):
+        parser.error("--resume needs --train or --distill")
     if (args.fast or args.fast_parts is not None) and not args.train:
         parser.error("--fast and --fast-parts need --train")
     if args.fast and args.fast_parts is not None:
         parser.error("give --fast or --fast-parts, not both")
-    takes = SAMPLERS[args.sampler].options
+    takes = SAMPLERS[args.sampler or "ddpm"].options
     for name, flag in SAMPLER_FLAGS.items():
         if getattr(args, name) is not None and name not in takes:
             users = " or ".join(n for n, cls in SAMPLERS.items() if name in cls.options)

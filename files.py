@@ -178,9 +178,9 @@ def write_json(path: PathLike, obj: Any) -> Path:
     return write_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
-# What a training run writes: the temporary files of these are its own (``write_atomic`` names them
+# What a training or distillation run writes: the temporary files of these are its own (``write_atomic`` names them
 # ".<name>.<random>.tmp"; earlier versions "<name>.<random>.tmp" for checkpoints).
-TRAINING_OUTPUTS = ("ddpm_", "history_", "loss_curves_")
+TRAINING_OUTPUTS = ("ddpm_", "distill_", "history_", "loss_curves_")
 
 
 def remove_orphans(folder: PathLike) -> list[Path]:
