@@ -7,7 +7,7 @@
 Read top to bottom: ``main`` parses the options (``cli.py``) and maps failures to
 one-line errors; ``run`` does what was asked; then one function per action:
 ``train``, ``sample_images``, ``score_samples`` (``--evaluate``) and
-``draw_figures``. Settings come from ``config.py`` (one source for each),
+``draw_figures``; ``--distill`` is ``distill.distill_run``. Settings come from ``config.py`` (one source for each),
 samplers from ``samplers.py``, the training loop and ``sample`` from ``utils.py``.
 """
 
@@ -28,9 +28,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import distributed
 from checkpoint import CheckpointError, build_model, find_checkpoint, load_for_sampling, refuse_to_replace
 from cli import UsageError, dataset_of, parse_args, settings_given
-from config import DATA_BATCH_SIZE, DEFAULT_DATASET, ModelSettings, dataset_info, resolve, run_settings
-from Dataset import DatasetError, get_data_loaders
+from config import DEFAULT_DATASET, ModelSettings, dataset_info, resolve, run_settings
+from Dataset import DatasetError
 from diffusion_model import DiffusionModel
+from distill import distill_run
 from ema import EMA
 from export import export_model
 from fastpath import describe, loss_function, make_optimizer, prepare_model, recommended_parts, to_tensor_loader
@@ -42,7 +43,7 @@ from quality import (format_table, judge_cache, judge_outputs, load_or_train_jud
 from recipe import make_scheduler
 from resume import ResumeRefused, continue_run, resume_point
 from samplers import SamplingOutOfMemory, describe_guidance
-from sampling_setup import guidance_of, open_model, requested_labels
+from sampling_setup import guidance_of, load_data, open_model, requested_labels
 from utils import StopRequest, TrainingDiverged, TrainingInterrupted, TrainState, sample, training_loop
 
 log = logging.getLogger("ddpm")
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed + distributed.rank())  # different noise on each rank, reproducibly
     out_dir = Path(args.out_dir)
     checkpoint = checkpoint_path(args, out_dir)
+    if args.distill:  # progressive distillation of the checkpoint (distill.py), alone
+        return distill_run(args, device, checkpoint, out_dir)
     main_process = distributed.is_main_process()
     locks = [RunLock(folder) for folder in dict.fromkeys([out_dir, checkpoint.parent])]
 
@@ -131,16 +134,6 @@ def run(args: argparse.Namespace) -> None:
         folder = export_model(ddpm, ckpt["config"], ensure_writable(Path(args.export) / "probe").parent,
                               extra=dict(weights=weights, train_args=ckpt.get("train_args", {}), source=str(used)))
         log.info("Exported the %s weights of %s to %s (model.safetensors, config.json)", weights, used, folder)
-
-
-def load_data(args: argparse.Namespace, device: torch.device, dataset: str, batch_size: int = DATA_BATCH_SIZE,
-              seed: int | None = None):
-    """Train and validation loaders of ``dataset`` with the CLI's data options (split by ``seed``, else --seed)."""
-    return get_data_loaders(dataset, batch_size, args.data_root, seed=args.seed if seed is None else seed,
-                            rank=distributed.rank(), world_size=distributed.world_size(),
-                            num_workers=args.num_workers, device=device, persian_zip=args.persian_zip,
-                            extract_dir=args.extract_dir, skip_bad_files=args.skip_bad_files,
-                            zip_max_bytes=args.zip_max_bytes, zip_max_ratio=args.zip_max_ratio)
 
 
 # --------------------------------------------------------------------------- --train
@@ -229,7 +222,7 @@ def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     dataset = ckpt["config"]["dataset"]
     labels, cols = requested_labels(args, ddpm, used)
     n_samples = args.n_samples if labels is None else len(labels)
-    guidance, interval = guidance_of(args, ddpm, dataset)
+    guidance, interval = guidance_of(args, ddpm, dataset, ckpt)
     grid_path = ensure_writable(out_dir / f"samples_{dataset}.png")
     gif = ensure_writable(Path(args.gif)) if args.gif else None
     if gif is not None and gif.resolve() == grid_path.resolve():
@@ -252,7 +245,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     dataset = ckpt["config"]["dataset"]
     labels, _ = requested_labels(args, ddpm, used)  # a conditional model: every digit alike, or --digit's
     n = args.n_samples if labels is None else len(labels)
-    guidance, interval = guidance_of(args, ddpm, dataset) if labels is not None else (None, None)
+    guidance, interval = guidance_of(args, ddpm, dataset, ckpt) if labels is not None else (None, None)
     report_path = ensure_writable(out_dir / report_name(dataset, sampler.settings(), guidance, interval))
     if n < 2:
         raise UsageError("--evaluate needs --n-samples >= 2 (the Frechet distance fits a covariance)")

@@ -1,9 +1,11 @@
-"""What a --sample, --evaluate or --export call asks for, resolved from the command line.
+"""What a --sample, --evaluate, --export or --distill call asks for, resolved from the command line.
 
-The model (a checkpoint, with its EMA weights unless --no-ema, or an --export
-folder), the sampler with its options (``samplers.make_sampler``), the labels of
-a class-conditional draw and its guidance (the dataset's measured default for
-what is not given). Every refusal is a ``cli.UsageError`` of one line.
+The data loaders with the command line's data options (``load_data``), the
+model (a checkpoint, with its EMA weights unless --no-ema, or an --export
+folder), the sampler with its options (``samplers.make_sampler``; a distilled
+checkpoint's own by default), the labels of a class-conditional draw and its
+guidance (the dataset's measured default for what is not given; a distilled
+student's is built in). Every refusal is a ``cli.UsageError`` of one line.
 """
 
 from __future__ import annotations
@@ -15,14 +17,26 @@ from typing import Any
 
 import torch
 
+import distributed
 from checkpoint import CheckpointError, checkpoints_in, load_for_sampling
 from cli import UsageError, sampler_options
-from config import DEFAULT_DATASET, dataset_info
+from config import DATA_BATCH_SIZE, DEFAULT_DATASET, dataset_info
+from Dataset import get_data_loaders
 from diffusion_model import DiffusionModel
 from export import load_exported
-from samplers import Sampler, class_labels, guidance_setting, make_sampler
+from samplers import Sampler, class_labels, describe_guidance, guidance_setting, make_sampler
 
 log = logging.getLogger("ddpm")
+
+
+def load_data(args: argparse.Namespace, device: torch.device, dataset: str, batch_size: int = DATA_BATCH_SIZE,
+              seed: int | None = None):
+    """Train and validation loaders of ``dataset`` with the CLI's data options (split by ``seed``, else --seed)."""
+    return get_data_loaders(dataset, batch_size, args.data_root, seed=args.seed if seed is None else seed,
+                            rank=distributed.rank(), world_size=distributed.world_size(),
+                            num_workers=args.num_workers, device=device, persian_zip=args.persian_zip,
+                            extract_dir=args.extract_dir, skip_bad_files=args.skip_bad_files,
+                            zip_max_bytes=args.zip_max_bytes, zip_max_ratio=args.zip_max_ratio)
 
 
 def open_model(args: argparse.Namespace, device: torch.device,
@@ -48,10 +62,22 @@ def open_model(args: argparse.Namespace, device: torch.device,
     if args.dataset not in (None, dataset):
         raise UsageError(f"--dataset {args.dataset}, but {used} is a {dataset} model: drop --dataset or pass the "
                          f"checkpoint of a {args.dataset} model")
+    distilled, name = ckpt["config"].get("distillation"), args.sampler
+    if distilled and not ddpm.num_classes and args.digit is not None:
+        raise UsageError(f"--digit needs a class-conditional checkpoint; {used} is the student of an unconditional "
+                         "teacher (distill a model trained with --class-cond)")
+    if distilled and name in (None, "distilled"):  # a student of --distill: its own sampler and steps
+        name, steps = "distilled", distilled["steps"] if steps is None else steps
+        log.info("%s is a %d-step student of progressive distillation (teacher %s%s)", used, distilled["steps"],
+                 distilled.get("teacher"), "" if distilled.get("guidance") is None else
+                 f", {describe_guidance(distilled['guidance'], distilled.get('guidance_interval'))} distilled in")
+        if steps != distilled["steps"]:
+            log.warning("Sampling the %d-step student with %d steps: it learned %d", distilled["steps"], steps,
+                        distilled["steps"])
     try:
-        sampler = make_sampler(args.sampler, ddpm, args.sample_steps, **sampler_options(args))
+        sampler = make_sampler(name or "ddpm", ddpm, steps, **sampler_options(args))
     except ValueError as exc:
-        raise UsageError(f"--sampler {args.sampler}: {exc}") from None
+        raise UsageError(f"--sampler {name or 'ddpm'}: {exc}") from None
     return ddpm, ckpt, sampler, used
 
 
@@ -67,8 +93,20 @@ def requested_labels(args: argparse.Namespace, ddpm: DiffusionModel, used: Path)
     return None, None
 
 
-def guidance_of(args: argparse.Namespace, ddpm: DiffusionModel, dataset: str) -> tuple[float, tuple[int, int] | None]:
-    """--guidance and --guidance-interval, the dataset's measured setting for what is not given."""
+def guidance_of(args: argparse.Namespace, ddpm: DiffusionModel, dataset: str,
+                ckpt: dict[str, Any] | None = None) -> tuple[float, tuple[int, int] | None]:
+    """--guidance and --guidance-interval, the dataset's measured setting for what is not given.
+
+    A class-conditional student of --distill (``ckpt``) learned its teacher's guided output: it samples with
+    W = 1 (one pass a step), and refuses a guidance of its own.
+    """
+    distilled = (ckpt or {}).get("config", {}).get("distillation")
+    if distilled and ddpm.num_classes:
+        if args.guidance is not None or args.guidance_interval is not None:
+            raise UsageError(f"--guidance and --guidance-interval: this student has its teacher's guidance distilled "
+                             f"in ({describe_guidance(distilled['guidance'], distilled.get('guidance_interval'))}); "
+                             f"drop them, or sample its teacher {distilled.get('origin')} with them")
+        return 1.0, None
     info = dataset_info(dataset)
     try:
         return guidance_setting(args.guidance, args.guidance_interval, info.guidance, info.guidance_share,
