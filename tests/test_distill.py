@@ -285,6 +285,19 @@ def test_an_interrupted_distillation_resumes_exactly(work, run_main, monkeypatch
             b["config"]["distillation"]["rounds"][-1]["final_loss"]
 
 
+def test_the_state_is_saved_every_few_updates_and_after_each_round(work, run_main, monkeypatch):
+    saved: list[tuple[int, int]] = []
+    real = distill.DistillRun.save
+    monkeypatch.setattr(distill, "SAVE_EVERY", 3)
+    monkeypatch.setattr(distill.DistillRun, "save", lambda self, path: saved.append((self.round, self.update))
+                        or real(self, path))
+    done = run_main(*distill_args("--distill-updates", "4,7"), cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert saved == [(0, 3), (1, 0), (1, 3), (1, 6)]  # not at a round's end: its student is saved then
+    _, ckpt = load_checkpoint(work / "runs" / "ddpm_mnist_distilled2.pt")
+    assert [r["updates"] for r in ckpt["config"]["distillation"]["rounds"]] == [4, 7]
+
+
 def test_a_loss_that_is_not_finite_stops_the_round_and_keeps_the_last_student(work, run_main, monkeypatch):
     real, calls = distill.distillation_loss, {"n": 0}
 
