@@ -61,8 +61,8 @@ ESTIMATE_AFTER = 20  # updates timed before the log estimates the time the run t
 class DistillationDiverged(TrainingDiverged):
     """The distillation loss stopped being a finite number; the students of the finished rounds stay."""
 
-    def __init__(self, message: str) -> None:  # noqa: D107 (TrainingDiverged's arguments are a training's)
-        Exception.__init__(self, message)
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)  # the message is the distillation's, not TrainingDiverged's epoch line
 
 
 class DistillationInterrupted(TrainingInterrupted):
