@@ -174,15 +174,15 @@ def _add_actions(p: argparse.ArgumentParser) -> None:
     what.add_argument("--evaluate", action="store_true",
                       help="score --n-samples generated images from --checkpoint with the offline judge "
                            "(Frechet distance, classifier score, class histogram, saturation); saves JSON")
+    what.add_argument("--distill", action="store_true",
+                      help="distill --checkpoint into students of half the steps, round by round, down to "
+                           "--distill-steps; each saved as OUT_DIR/<checkpoint name>_distilled<steps>.pt (runs alone)")
     what.add_argument("--export", default=None, metavar="DIR",
                       help="write --checkpoint's EMA weights (raw with --no-ema) as DIR/model.safetensors and its "
                            "config as DIR/config.json, the Hugging Face layout; --checkpoint DIR samples from it")
     what.add_argument("--figures", action="store_true",
                       help="draw the paper's figures: dataset samples (Fig. 2/5), forward process (Fig. 7/8), "
                            "positional-encoding matrix (Fig. 9)")
-    what.add_argument("--distill", action="store_true",
-                      help="distill --checkpoint into students of half the steps, round by round, down to "
-                           "--distill-steps; each saved as OUT_DIR/<checkpoint name>_distilled<steps>.pt (runs alone)")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
