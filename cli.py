@@ -310,7 +310,7 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     samp.add_argument("--sampler", choices=tuple(SAMPLERS), default=None,
                       help="'ddpm' is Algorithm 2 (every step, the default); 'ddim' is Song et al. (2021) and "
                            "'dpm++' is DPM-Solver++(2M) (Lu et al. 2022), both with fewer steps; 'distilled' is "
-                           "deterministic DDIM on the grid of --distill, the default for a distilled checkpoint, "
+                           "deterministic DDIM on the grid of --distill, what a distilled checkpoint samples with "
                            "at its own steps")
     samp.add_argument("--sample-steps", type=positive_int, default=None,
                       help="network evaluations of the few-step samplers (default: " + ", ".join(
