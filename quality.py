@@ -9,7 +9,8 @@ beside the data. From its penultimate features and its class probabilities:
   biased: it grows as the number of images shrinks;
 * ``kernel_distance``: the kernel distance (KID's formula, Binkowski et al.
   2018), an unbiased estimate of the squared MMD, so its expected value does not
-  depend on the number of images; with its standard error over random subsets;
+  depend on the number of images; with its standard error over the draw of the
+  generated images (a jackknife);
 * ``precision`` and ``recall`` (Kynkaanniemi et al. 2019): the share of
   generated images that lie on the real images' manifold, and of real images
   that lie on the generated images' manifold (k-nearest-neighbour balls);
@@ -221,32 +222,51 @@ def mmd2_unbiased(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(within_a + within_b - 2 * k_ab.mean())
 
 
-def kernel_distance(features_a: torch.Tensor, features_b: torch.Tensor, subsets: int = 100,
-                    subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """The kernel (inception) distance of Binkowski et al. 2018 between two feature sets (N, d), in float64.
-
-    ``mmd2_unbiased`` of ``subsets`` pairs of random subsets (without replacement, each of
-    ``min(subset_size, N_a, N_b)`` points), drawn from a generator seeded with ``seed``; returns
-    ``(mean, standard error)``, the error being the subsets' standard deviation (with Bessel's
-    correction) over ``sqrt(subsets)``. The subsets overlap, so the error describes the subsampling
-    more than the draw of the images.
-    """
-    a, b = features_a.double(), features_b.double()
-    if subsets < 2:
-        raise ValueError(f"the kernel distance needs at least 2 subsets for its standard error, got {subsets}")
-    size = min(subset_size, a.shape[0], b.shape[0])
-    if size < 2:
-        raise ValueError("the kernel distance needs at least 2 feature vectors per set")
-    generator = torch.Generator().manual_seed(seed)
-    values = torch.tensor([mmd2_unbiased(a[torch.randperm(a.shape[0], generator=generator)[:size]],
-                                         b[torch.randperm(b.shape[0], generator=generator)[:size]])
-                           for _ in range(subsets)], dtype=torch.float64)
-    return float(values.mean()), float(values.std() / subsets ** 0.5)
-
-
 def _block_rows(n_columns: int, budget_bytes: int) -> int:
     """How many rows of float64 distances to ``n_columns`` points fit in ``budget_bytes``."""
     return max(1, budget_bytes // (8 * max(n_columns, 1)))
+
+
+def _kernel_row_sums(a: torch.Tensor, b: torch.Tensor, skip_diagonal: bool, budget_bytes: int) -> torch.Tensor:
+    """Each row of ``a``'s sum of KID's kernel with every row of ``b`` (with the others when ``a`` is ``b``:
+    ``skip_diagonal``), in row blocks of at most ``budget_bytes`` of kernel values."""
+    step, sums = _block_rows(b.shape[0], budget_bytes), []
+    for start in range(0, a.shape[0], step):
+        block = _polynomial_kernel(a[start:start + step], b)
+        if skip_diagonal:
+            rows = torch.arange(block.shape[0])
+            block[rows, rows + start] = 0.0
+        sums.append(block.sum(1))
+    return torch.cat(sums)
+
+
+def kernel_distance(generated: torch.Tensor, reference: torch.Tensor,
+                    budget_bytes: int = 1 << 25) -> tuple[float, float]:
+    """The kernel (inception) distance of Binkowski et al. 2018 between two feature sets (N, d), in float64.
+
+    Returns ``(estimate, standard error)``. The estimate is ``mmd2_unbiased`` of the whole sets (every
+    pair, computed from kernel row sums in blocks of at most ``budget_bytes``), so its expected value does
+    not depend on N. The error is that of the draw of the ``generated`` images: the leave-one-out
+    jackknife (Efron and Stein 1981) of the same estimate over the generated rows, in closed form from
+    the row sums. The ``reference`` set (the validation images) is the same for every row of a table,
+    so its own noise is common to the rows and left out. (Averages over overlapping random subsets, as
+    KID is often reported, give an error that describes the subsampling, several times too small at
+    N = 2000: docs/results.md, "Scores at any N".)
+    """
+    a, b = generated.double(), reference.double()
+    m, n = a.shape[0], b.shape[0]
+    if m < 3 or n < 2:
+        raise ValueError(f"the kernel distance needs at least 3 generated and 2 reference feature vectors, "
+                         f"got {m} and {n}")
+    row_aa = _kernel_row_sums(a, a, True, budget_bytes)
+    row_ab = _kernel_row_sums(a, b, False, budget_bytes)
+    within_b = _kernel_row_sums(b, b, True, budget_bytes).sum() / (n * (n - 1))
+    s_aa, s_ab = row_aa.sum(), row_ab.sum()
+    estimate = s_aa / (m * (m - 1)) + within_b - 2 * s_ab / (m * n)
+    # Leaving generated row i out drops its pairs: twice its row of k_aa, and its row of k_ab.
+    left_out = (s_aa - 2 * row_aa) / ((m - 1) * (m - 2)) + within_b - 2 * (s_ab - row_ab) / ((m - 1) * n)
+    variance = (m - 1) / m * (left_out - left_out.mean()).pow(2).sum()
+    return float(estimate), float(variance.sqrt())
 
 
 def knn_radii(features: torch.Tensor, k: int = 3, budget_bytes: int = 1 << 25) -> torch.Tensor:
@@ -336,7 +356,7 @@ def score(
     set grows. None for sets of at most k images.
     """
     feats, probs = judge_outputs(judge, samples, device)
-    kid, kid_se = kernel_distance(feats, val_features, seed=seed)
+    kid, kid_se = kernel_distance(feats, val_features)
     precision, recall = (precision_recall(*equal_sizes(val_features, feats, seed=seed), k=PR_NEIGHBOURS)
                          if min(len(feats), len(val_features)) > PR_NEIGHBOURS else (None, None))
     return dict(

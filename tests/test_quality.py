@@ -229,12 +229,10 @@ def test_unbiased_mmd2_by_hand():
     assert quality.mmd2_unbiased(a, b) == pytest.approx(-2.5)
     # The diagonals: k(a_i, a_i) = 1.5^3, k(b_i, b_i) = 2^3; (2 * 3.375 + 2) / 4 + (2 * 8 + 0) / 4 - 3.5 = 2.6875.
     assert biased_mmd2(a.double(), b.double()) == pytest.approx(2.6875)
-    # Subsets of the whole set: every subset gives the same value, with no spread.
-    assert quality.kernel_distance(a, b, subsets=5, subset_size=2) == pytest.approx((-2.5, 0.0))
-    with pytest.raises(ValueError, match="at least 2 subsets"):
-        quality.kernel_distance(a, b, subsets=1)
-    with pytest.raises(ValueError, match="at least 2 feature vectors"):
-        quality.kernel_distance(a[:1], b)
+    with pytest.raises(ValueError, match="at least 3 generated and 2 reference feature vectors, got 2 and 2"):
+        quality.kernel_distance(a, b)
+    with pytest.raises(ValueError, match="got 3 and 1"):
+        quality.kernel_distance(torch.eye(3)[:, :2], b[:1])
 
 
 def test_kernel_distance_is_unbiased_on_gaussians():
@@ -249,29 +247,40 @@ def test_kernel_distance_is_unbiased_on_gaussians():
     assert abs(unbiased.mean()) < 3 * standard_error
     assert (biased > 0).all() and biased.mean() > 30 * standard_error
     same, same_se = quality.kernel_distance(torch.randn(400, 8, generator=generator),
-                                            torch.randn(400, 8, generator=generator), subsets=50, subset_size=200)
+                                            torch.randn(400, 8, generator=generator))
     assert abs(same) < 3 * same_se
     apart, apart_se = quality.kernel_distance(torch.randn(400, 8, generator=generator),
-                                              torch.randn(400, 8, generator=generator) + 0.5,
-                                              subsets=50, subset_size=200)
-    assert apart > 20 * apart_se and apart > 20 * abs(same)
+                                              torch.randn(400, 8, generator=generator) + 0.5)
+    assert apart > 10 * apart_se and apart > 20 * abs(same)
 
 
-def test_kernel_distance_is_seeded_and_its_error_is_as_documented():
-    """The mean and standard deviation / sqrt(subsets) of mmd2_unbiased over the subsets that a generator
-    seeded with ``seed`` draws (a then b, per subset); more subsets, a smaller error."""
+def test_kernel_distance_is_mmd2_of_the_whole_sets_with_a_leave_one_out_jackknife_error():
+    """The estimate is mmd2_unbiased of every pair; the error is the jackknife recomputed by brute force
+    (each generated row left out in turn); blocks of a few rows give the same answer."""
     generator = torch.Generator().manual_seed(1)
-    a, b = torch.randn(60, 4, generator=generator), torch.randn(50, 4, generator=generator) + 0.3
-    mean, se = quality.kernel_distance(a, b, subsets=10, subset_size=30, seed=7)
-    draws = torch.Generator().manual_seed(7)
-    values = torch.tensor([quality.mmd2_unbiased(a[torch.randperm(60, generator=draws)[:30]].double(),
-                                                 b[torch.randperm(50, generator=draws)[:30]].double())
-                           for _ in range(10)])
-    assert mean == pytest.approx(values.mean().item()) and se == pytest.approx(values.std().item() / 10 ** 0.5)
-    assert quality.kernel_distance(a, b, subsets=10, subset_size=30, seed=7) == (mean, se)
-    assert quality.kernel_distance(a, b, subsets=10, subset_size=30, seed=8)[0] != mean
-    few, many = (quality.kernel_distance(a, b, subsets=s, subset_size=30)[1] for s in (16, 400))
-    assert 2.5 < few / many < 7.5  # sqrt(400 / 16) = 5, with the spread of a 16-subset estimate
+    a = torch.randn(25, 4, dtype=torch.float64, generator=generator)
+    b = torch.randn(18, 4, dtype=torch.float64, generator=generator) + 0.3
+    estimate, error = quality.kernel_distance(a, b)
+    assert estimate == pytest.approx(quality.mmd2_unbiased(a, b), rel=1e-12)
+    left_out = torch.tensor([quality.mmd2_unbiased(torch.cat([a[:i], a[i + 1:]]), b) for i in range(25)], dtype=torch.float64)
+    assert error == pytest.approx(((24 / 25) * (left_out - left_out.mean()).pow(2).sum()).sqrt().item(), rel=1e-9)
+    tiny = 8 * 25 * 2  # two rows of kernel values per block
+    assert quality.kernel_distance(a, b, budget_bytes=tiny) == pytest.approx((estimate, error), rel=1e-12)
+
+
+def test_kernel_distance_error_matches_the_spread_of_independent_draws():
+    """Over 300 independent draws of the generated set (one fixed reference set, two distributions apart),
+    the reported error is on average the standard deviation of the estimates (within 25%), and the
+    estimates average to the distance of the whole population (within 3 standard errors of that mean)."""
+    generator = torch.Generator().manual_seed(2)
+    reference = torch.randn(60, 3, dtype=torch.float64, generator=generator)
+    draws = [quality.kernel_distance(torch.randn(60, 3, dtype=torch.float64, generator=generator) * 1.3 + 0.4,
+                                     reference) for _ in range(300)]
+    estimates, errors = torch.tensor([d[0] for d in draws]), torch.tensor([d[1] for d in draws])
+    assert 0.75 < errors.mean() / estimates.std() < 1.25
+    population, population_error = quality.kernel_distance(
+        torch.randn(6000, 3, dtype=torch.float64, generator=generator) * 1.3 + 0.4, reference)
+    assert abs(estimates.mean() - population) < 3 * (estimates.std() ** 2 / 300 + population_error ** 2) ** 0.5
 
 
 def test_knn_radii_and_precision_recall_by_hand():
@@ -321,7 +330,7 @@ def test_score_reports_the_kernel_distance_and_precision_recall_against_the_vali
     val, _ = quality.judge_outputs(BrightnessJudge(), torch.rand(30, 1, 4, 4, generator=generator) * 1.6 - 0.8, "cpu")
     row = quality.score(BrightnessJudge(), images, val, "cpu", seed=3)
     feats, _ = quality.judge_outputs(BrightnessJudge(), images, "cpu")
-    assert (row["kernel_distance"], row["kernel_distance_se"]) == quality.kernel_distance(feats, val, seed=3)
+    assert (row["kernel_distance"], row["kernel_distance_se"]) == quality.kernel_distance(feats, val)
     cut = val[torch.randperm(30, generator=torch.Generator().manual_seed(3))[:12]]
     assert (row["precision"], row["recall"]) == quality.precision_recall(cut, feats, k=3)
     assert (row["precision"], row["recall"]) != quality.precision_recall(val, feats, k=3)  # the cut matters here
