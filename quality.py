@@ -223,7 +223,7 @@ def mmd2_unbiased(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _block_rows(n_columns: int, budget_bytes: int) -> int:
-    """How many rows of float64 distances to ``n_columns`` points fit in ``budget_bytes``."""
+    """How many rows of float64 values (distances or kernel values) to ``n_columns`` points fit in ``budget_bytes``."""
     return max(1, budget_bytes // (8 * max(n_columns, 1)))
 
 
