@@ -292,7 +292,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                             "--distill replace the students already there (without it, that is refused)")
     train.add_argument("--fast", action="store_true",
                        help="train with the fast-path parts chosen for this device type (CPU, measured by "
-                            f"bench/bench_speed.py: {describe(RECOMMENDED['cpu'])}; CUDA, not measured "
+                            f"bench/bench_speed.py: {describe(RECOMMENDED['cpu'])}, without channels_last for "
+                            f"networks with GroupNorm such as resattn; CUDA, not measured "
                             f"here: {describe(RECOMMENDED['cuda'])}); validation and sampling stay fp32 eager")
     train.add_argument("--fast-parts", type=fast_parts, default=None, metavar="PART[,PART...]",
                        help=f"train with exactly these fast-path parts, from: {', '.join(PARTS)} "

@@ -37,8 +37,9 @@ PARTS = ("tensor_data", "foreach_adam", "fused_adam", "channels_last", "bf16", "
 
 # What --fast switches on, per device type. The CPU set is what bench/bench_speed.py
 # measured to help on the project's 2-core x86_64 CPUs with native bfloat16 (channels-last
-# and bf16 on the convolutions; the other parts did not beat the machine's noise): see
-# docs/speed.md. They stay available through --fast-parts. The CUDA set is the customary
+# and bf16 on the convolutions; the other parts did not beat the machine's noise), less
+# channels-last for networks with GroupNorm (its channels-last kernels are slow on the CPU):
+# see docs/speed.md. They stay available through --fast-parts. The CUDA set is the customary
 # one and was not measured here (no GPU).
 RECOMMENDED = {
     "cpu": frozenset({"channels_last", "bf16"}),
@@ -62,15 +63,25 @@ def parse_parts(text: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def recommended_parts(device: torch.device | str) -> frozenset[str]:
-    """The parts ``--fast`` uses on this device type (CPU: measured; CUDA: unmeasured defaults).
+def recommended_parts(device: torch.device | str, model: nn.Module | None = None) -> frozenset[str]:
+    """The parts ``--fast`` uses on this device type for ``model`` (CPU: measured; CUDA: unmeasured defaults).
 
     Where the hardware has no native bfloat16 (a GPU before Ampere, a CPU without
     AVX512-BF16 or AMX) ``bf16`` is left out: emulated, it would slow training.
+    On the CPU, ``channels_last`` is left out for a ``model`` with GroupNorm layers
+    (the default ``resattn`` network): PyTorch's channels-last GroupNorm on the CPU
+    costs more than the convolutions gain from the layout (docs/speed.md).
     """
     device = torch.device(device)
     parts = RECOMMENDED.get(device.type, frozenset())
+    if device.type == "cpu" and model is not None and has_group_norm(model):
+        parts -= {"channels_last"}
     return parts if native_bf16(device) else parts - {"bf16"}
+
+
+def has_group_norm(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` is an ``nn.GroupNorm``."""
+    return any(isinstance(m, nn.GroupNorm) for m in model.modules())
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -158,7 +158,7 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
         return
     batch = settings.batch_size
     train_loader, val_loader = load_data(args, device, dataset, batch, settings.seed)
-    parts = recommended_parts(device) if args.fast else (args.fast_parts or frozenset())
+    parts = recommended_parts(device, ddpm) if args.fast else (args.fast_parts or frozenset())
     model = prepare_model(ddpm, parts)
     if distributed.is_distributed():
         model = DistributedDataParallel(ddpm, device_ids=[device.index] if device.type == "cuda" else None,

@@ -62,6 +62,7 @@ declare -A ROWS=(
   [resattn_lrcos_minsnrv_b64_g10]="mnist 11 $RES $LRCOS $MINSNRV --batch-size 64 --snr-gamma 10"  # tried, not kept
   [resattn_lrcos_minsnrv_b64_lr2e3]="mnist 11 $RES $LRCOS $MINSNRV --batch-size 64 --lr 2e-3"  # tried, not kept
   [resattn40_lrcos_minsnrv_b64]="mnist 8 $RES --channels 40 $LRCOS $MINSNRV --batch-size 64"  # tried, not kept
+  [resattn_lrcos_minsnrv_b64_e4]="mnist 4 $RES $LRCOS $MINSNRV --batch-size 64"  # issue 31: the 20-minute budget
   [resattn_all]="mnist 11 $RES $EPS $LRCOS $MINSNR --schedule cosine $B128"
   [fixed_lrcos_minsnr]="mnist 34 --arch fixed $EPS $LRCOS $MINSNR $B128"
   [resattn24_lrcos_minsnr]="mnist 14 $RES --channels 24 $EPS $LRCOS $MINSNR $B128"
@@ -71,7 +72,8 @@ declare -A ROWS=(
 )
 ORDER=(paper fixed resattn resattn_lrcos resattn_minsnr resattn_cosine resattn_lrcos_minsnr resattn_lrcos_minsnrv resattn_lrcos_minsnrv_b64
        resattn_lrcos_minsnrv_b32 resattn_lrcos_minsnrv_b64_g2 resattn_lrcos_minsnrv_b64_ema9995
-       resattn_lrcos_minsnrv_b64_g10 resattn_lrcos_minsnrv_b64_lr2e3 resattn40_lrcos_minsnrv_b64 resattn_all
+       resattn_lrcos_minsnrv_b64_g10 resattn_lrcos_minsnrv_b64_lr2e3 resattn40_lrcos_minsnrv_b64
+       resattn_lrcos_minsnrv_b64_e4 resattn_all
        fixed_lrcos_minsnr resattn24_lrcos_minsnr persian_fixed persian_resattn persian_resattn_cosine)
 SELECTED=(${*:-${ORDER[@]}})
 mkdir -p "$OUT"

@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if opts.quick:
         opts.steps, opts.warmup, opts.n_samples, opts.skip_epoch = 6, 3, 8, True
-    fast = fastpath.recommended_parts(device)
     net = build(opts.seed, torch.device("cpu"), opts).backward_process_model
+    fast = fastpath.recommended_parts(device, net)
     print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, {opts.dataset}, "
           f"{opts.arch} UNet {net.config}, batch {opts.batch_size}; "
           f"--fast on {device.type} = {fastpath.describe(fast)}")

@@ -50,12 +50,13 @@ def main() -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="'auto': CUDA when available")
     args = p.parse_args()
     device = resolve_device(args.device)
-    parts = fastpath.recommended_parts(device) if args.parts is None else fastpath.parse_parts(args.parts)
     batch = args.batch_size or DATASETS[args.dataset].batch_size
     torch.manual_seed(0)
     model = ModelSettings(arch=args.arch) if args.arch != "paper" else ModelSettings(arch="paper", prediction="eps")
     train = TrainSettings()
-    ddpm = fastpath.prepare_model(build_model(model.model_config(args.dataset), device), parts)
+    ddpm = build_model(model.model_config(args.dataset), device)
+    parts = fastpath.recommended_parts(device, ddpm) if args.parts is None else fastpath.parse_parts(args.parts)
+    ddpm = fastpath.prepare_model(ddpm, parts)
     loss_fn = fastpath.loss_function(ddpm, parts, device, batch, snr_gamma=train.snr_gamma, v_error=True)
     state = TrainState(ddpm, fastpath.make_optimizer(ddpm.parameters(), train.lr, parts),
                        ema=EMA(ddpm.backward_process_model, train.ema_decay))

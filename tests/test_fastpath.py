@@ -17,6 +17,7 @@ import main as cli
 import utils
 from utils import TrainState
 from diffusion_model import DiffusionModel, get_loss
+from unet import make_unet
 
 
 def test_parse_parts():
@@ -38,6 +39,18 @@ def test_fast_leaves_out_bf16_where_it_would_be_emulated(monkeypatch):
     monkeypatch.setattr(fastpath, "native_bf16", lambda device: False)
     assert fastpath.recommended_parts("cpu") == {"channels_last"}
     assert "bf16" not in fastpath.recommended_parts("cuda")
+
+
+def test_fast_leaves_out_channels_last_for_group_norm_networks_on_the_cpu(monkeypatch):
+    """GroupNorm's channels-last CPU kernels cost more than the layout gains (docs/speed.md): resattn gets bf16 alone."""
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: True)
+    resattn = make_unet(arch="resattn", n_steps=10, image_size=28)
+    fixed = make_unet(arch="fixed", n_steps=10, image_size=28)
+    assert fastpath.has_group_norm(resattn) and not fastpath.has_group_norm(fixed)
+    assert fastpath.recommended_parts("cpu", resattn) == {"bf16"}
+    assert fastpath.recommended_parts("cpu", fixed) == {"channels_last", "bf16"}
+    assert fastpath.recommended_parts("cpu") == {"channels_last", "bf16"}  # no network named: the device's set
+    assert "channels_last" in fastpath.recommended_parts("cuda", resattn)  # the CPU's kernels only
 
 
 def test_tensor_loader_cuts_the_dataloaders_batches():
@@ -205,9 +218,9 @@ def test_cli_fast_uses_the_devices_recommended_parts(tmp_path, monkeypatch, capl
     with caplog.at_level(logging.INFO):
         assert cli.main(["--train", "--fast", "--epochs", "1", "--data-root", "data", "--timesteps", "10",
                          "--batch-size", "8", "--device", "cpu"]) == 0
-    assert "on cpu (channels_last+bf16)" in caplog.text
+    assert "on cpu (bf16)" in caplog.text  # the default network has GroupNorm: no channels_last on the CPU
     ckpt = torch.load(tmp_path / "runs" / "ddpm_mnist.pt", weights_only=True)
-    assert ckpt["train_args"]["fast_parts"] == ["bf16", "channels_last"]
+    assert ckpt["train_args"]["fast_parts"] == ["bf16"]
 
 
 def test_tensor_data_and_adam_kernels_leave_the_run_unchanged(tmp_path, monkeypatch):
