@@ -59,7 +59,7 @@ class DatasetInfo:
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo("mnist", image_size=28, epochs=11, batch_size=64, channels=32, patch_size=1,
-                         guidance=3.0, guidance_share=0.45),
+                         guidance=2.0, guidance_share=0.45),
     "persian": DatasetInfo("persian", image_size=64, epochs=20, batch_size=128, channels=48, patch_size=4,
                            guidance=1.5, guidance_share=None),
 }

@@ -326,17 +326,17 @@ def test_a_class_conditional_teacher_is_distilled_with_its_guidance(teachers, tm
     assert done.returncode == 0, done.stderr
     _, ckpt = load_checkpoint(tmp_path / "runs" / "ddpm_mnist_distilled4.pt")
     record = ckpt["config"]["distillation"]
-    assert (record["guidance"], record["guidance_interval"]) == (3.0, [0, 9])  # MNIST's default: t <= 0.45 T
+    assert (record["guidance"], record["guidance_interval"]) == (2.0, [0, 9])  # MNIST's default: t <= 0.45 T
     calls: list[dict] = []
     monkeypatch.setattr(main, "sample", lambda *a, **k: calls.append(k) or sample(*a, **k))
     sampled = run_main("--sample", "--checkpoint", "runs/ddpm_mnist_distilled4.pt", "--digit", "3",
                        "--n-samples", "2", cwd=tmp_path)
     assert sampled.returncode == 0, sampled.stderr
     assert (calls[-1]["guidance"], calls[-1]["guidance_interval"]) == (1.0, None)  # built in: one pass a step
-    assert "guidance 3 at t 0-9 distilled in" in sampled.stderr
+    assert "guidance 2 at t 0-9 distilled in" in sampled.stderr
     refused = run_main("--sample", "--checkpoint", "runs/ddpm_mnist_distilled4.pt", "--guidance", "2", cwd=tmp_path)
     assert refused.returncode == 1
-    assert "has its teacher's guidance distilled in (guidance 3 at t 0-9); drop them" in refused.stderr
+    assert "has its teacher's guidance distilled in (guidance 2 at t 0-9); drop them" in refused.stderr
 
 
 def student_at_two_steps(work: Path) -> None:

@@ -174,9 +174,9 @@ def test_sample_passes_guidance_and_its_interval_on(tmp_path, monkeypatch):
     monkeypatch.setattr(main, "sample", spy)
     assert main.main(["--sample", "--digit", "3", "--n-samples", "2", "--guidance", "4", "--quiet"]) == 0
     assert main.main(["--sample", "--n-samples", "10", "--guidance-interval", "2,6", "--quiet"]) == 0
-    assert main.main(["--sample", "--n-samples", "10", "--quiet"]) == 0  # MNIST's measured default: 3, t <= 0.45 T
+    assert main.main(["--sample", "--n-samples", "10", "--quiet"]) == 0  # MNIST's measured default: 2, t <= 0.45 T
     assert main.main(["--sample", "--n-samples", "10", "--guidance", "0", "--quiet"]) == 0
-    assert [(c["guidance"], c["guidance_interval"]) for c in calls] == [(4.0, None), (3.0, (2, 6)), (3.0, (0, 4)),
+    assert [(c["guidance"], c["guidance_interval"]) for c in calls] == [(4.0, None), (2.0, (2, 6)), (2.0, (0, 4)),
                                                                          (0.0, None)]
     assert calls[0]["labels"].tolist() == [3, 3]
 
@@ -187,11 +187,11 @@ def test_guidance_defaults_by_dataset():
     def given(weight=None, interval=None):
         return argparse.Namespace(guidance=weight, guidance_interval=interval)
 
-    assert main.guidance_of(given(), ddpm, "mnist") == (3.0, (0, 450))  # as measured: t <= 0.45 T
+    assert main.guidance_of(given(), ddpm, "mnist") == (2.0, (0, 450))  # as measured: t <= 0.45 T
     assert main.guidance_of(given(), ddpm, "persian") == (1.5, None)  # every step
     assert main.guidance_of(given(2.0), ddpm, "mnist") == (2.0, None)  # a W given alone guides every step
     assert main.guidance_of(given(None, (100, 200)), ddpm, "persian") == (1.5, (100, 200))
-    assert main.guidance_of(given(None, (100, 200)), ddpm, "mnist") == (3.0, (100, 200))
+    assert main.guidance_of(given(None, (100, 200)), ddpm, "mnist") == (2.0, (100, 200))
     assert main.guidance_of(given(3.0, (0, 999)), ddpm, "mnist") == (3.0, (0, 999))
     with pytest.raises(main.UsageError, match=r"time steps lie in 0\.\.999 \(the checkpoint's T\), got 1000"):
         main.guidance_of(given(None, (0, 1000)), ddpm, "mnist")
