@@ -69,12 +69,15 @@ declare -A ROWS=(
   [persian_fixed]="persian 20 --arch fixed $EPS $STEP $NOSNR"
   [persian_resattn]="persian 7 $FULLRES $LRCOS $MINSNR"
   [persian_resattn_cosine]="persian 7 $FULLRES $LRCOS $MINSNR --schedule cosine"
+  [persian_v]="persian 20 $RES --patch-size 4 --channels 48 $LRCOS $MINSNRV $B128"  # the Persian default
+  [persian_v_e7]="persian 7 $RES --patch-size 4 --channels 48 $LRCOS $MINSNRV $B128"  # issue 31: the 15-minute budget
 )
 ORDER=(paper fixed resattn resattn_lrcos resattn_minsnr resattn_cosine resattn_lrcos_minsnr resattn_lrcos_minsnrv resattn_lrcos_minsnrv_b64
        resattn_lrcos_minsnrv_b32 resattn_lrcos_minsnrv_b64_g2 resattn_lrcos_minsnrv_b64_ema9995
        resattn_lrcos_minsnrv_b64_g10 resattn_lrcos_minsnrv_b64_lr2e3 resattn40_lrcos_minsnrv_b64
        resattn_lrcos_minsnrv_b64_e4 resattn_all
-       fixed_lrcos_minsnr resattn24_lrcos_minsnr persian_fixed persian_resattn persian_resattn_cosine)
+       fixed_lrcos_minsnr resattn24_lrcos_minsnr persian_fixed persian_resattn persian_resattn_cosine
+       persian_v persian_v_e7)
 SELECTED=(${*:-${ORDER[@]}})
 mkdir -p "$OUT"
 

@@ -11,7 +11,8 @@
 #   minutes of each round (the students' record) and, per seed, the table of the reports with their sampling seconds.
 # Environment: PYTHON, SEEDS (default "0 1 2"), DEVICE (default auto), JUDGE_DIR (default: main.py's),
 #   DISTILL_FLAGS (more --distill options, e.g. "--distill-updates 3000"), REFERENCE (0 skips the teacher's
-#   1000-step sampler: about 2 hours per seed at N = 2000 on 2 CPU cores, docs/results.md).
+#   1000-step sampler: about 2 hours per seed at N = 2000 on 2 CPU cores, docs/results.md), STUDENTS (the students
+#   to score, default "32 16 8 4 2 1"; the distillation stops at the smallest, e.g. "8 4" distils down to 4 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 3 ]; then
@@ -21,16 +22,18 @@ fi
 CKPT=$1; DATA=$2; OUT=$3; N=${4:-2000}
 PY=${PYTHON:-python}
 DEVICE=${DEVICE:-auto}
+STUDENTS=${STUDENTS:-32 16 8 4 2 1}
+last=$(printf '%s\n' $STUDENTS | sort -n | head -1)
 stem=$(basename "$CKPT" .pt)
 mkdir -p "$OUT"
-if [ ! -f "$OUT/${stem}_distilled1.pt" ]; then
+if [ ! -f "$OUT/${stem}_distilled$last.pt" ]; then
   resume=()
   [ -f "$OUT/distill_${stem}_last.pt" ] && resume=(--resume)
   # shellcheck disable=SC2086
-  $PY main.py --distill --checkpoint "$CKPT" --distill-start 64 --distill-steps 1 --data-root "$DATA" \
+  $PY main.py --distill --checkpoint "$CKPT" --distill-start 64 --distill-steps "$last" --data-root "$DATA" \
     --out-dir "$OUT" --device "$DEVICE" "${resume[@]}" ${DISTILL_FLAGS:-} 2>&1 | tee -a "$OUT/distill.log"
 fi
-$PY - "$OUT/${stem}_distilled1.pt" <<'PY'
+$PY - "$OUT/${stem}_distilled$last.pt" <<'PY'
 import sys
 
 import torch
@@ -47,7 +50,7 @@ PY
 for seed in ${SEEDS:-0 1 2}; do
   common=(--evaluate --n-samples "$N" --seed "$seed" --data-root "$DATA" --out-dir "$OUT/seed$seed"
           --device "$DEVICE" --quiet ${JUDGE_DIR:+--judge-dir "$JUDGE_DIR"})
-  for steps in 32 16 8 4 2 1; do
+  for steps in $STUDENTS; do
     $PY main.py "${common[@]}" --checkpoint "$OUT/${stem}_distilled$steps.pt"
     $PY main.py "${common[@]}" --checkpoint "$CKPT" --sampler ddim --sample-steps "$steps"
     $PY main.py "${common[@]}" --checkpoint "$CKPT" --sampler dpm++ --sample-steps "$steps"
