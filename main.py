@@ -233,10 +233,11 @@ def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     drawn = sample(ddpm, n_samples, device, sampler=sampler, seed=args.seed, labels=labels, guidance=guidance,
                    guidance_interval=interval, frames_per_gif=args.frames_per_gif if gif else 0,
                    batch_size=args.sample_batch)
+    seconds = time.perf_counter() - start  # the drawing alone, not the writing of the figures
     if gif is not None:
         save_sampling_gif(drawn.frames, gif, args.display, cols)
     save_grid(drawn.raw, grid_path, args.display, cols)
-    log.info("Sampled in %.1fs: grid %s%s", time.perf_counter() - start, grid_path, f", GIF {gif}" if gif else "")
+    log.info("Sampled in %.2fs: grid %s%s", seconds, grid_path, f", GIF {gif}" if gif else "")
 
 
 def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:

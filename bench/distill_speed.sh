@@ -27,4 +27,4 @@ student=$(draw student "$STUDENT")
 teacher=$(draw teacher "$TEACHER" --sampler ddpm)
 echo "student ($STUDENT, its own steps): $student s for $N images"
 echo "teacher ($TEACHER, DDPM, all T steps): $teacher s for $N images"
-$PY -c "import sys; print(f'speed-up: {float(sys.argv[2]) / float(sys.argv[1]):.1f}x (the seconds are logged to 0.1 s)')" "$student" "$teacher"
+$PY -c "import sys; print(f'speed-up: {float(sys.argv[2]) / float(sys.argv[1]):.1f}x (the seconds are logged to 0.01 s)')" "$student" "$teacher"
