@@ -76,7 +76,12 @@ def recommended_parts(device: torch.device | str, model: nn.Module | None = None
     parts = RECOMMENDED.get(device.type, frozenset())
     if device.type == "cpu" and model is not None and has_group_norm(model):
         parts -= {"channels_last"}
-    return parts if native_bf16(device) else parts - {"bf16"}
+    if "bf16" in parts and not native_bf16(device):
+        parts -= {"bf16"}
+        log.info("--fast leaves bf16 out: this %s has no native bfloat16 (%s), and emulated it would slow "
+                 "training; --fast here: %s", device.type,
+                 "AVX512-BF16 or AMX" if device.type == "cpu" else "Ampere or newer", describe(parts))
+    return parts
 
 
 def has_group_norm(model: nn.Module) -> bool:

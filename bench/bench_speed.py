@@ -51,7 +51,7 @@ from config import DATASETS, ModelSettings  # noqa: E402
 from Dataset import get_data_loaders  # noqa: E402
 from diffusion_model import DiffusionModel  # noqa: E402
 from ema import EMA  # noqa: E402
-from flops import matmul_peak, step_gflop  # noqa: E402
+from flops import gflops, peaks, share, step_gflop  # noqa: E402
 from config import ARCHITECTURES  # noqa: E402
 from checkpoint import build_model  # noqa: E402
 from distributed import resolve_device  # noqa: E402
@@ -203,18 +203,18 @@ def training_table(opts: argparse.Namespace, fast: frozenset[str]) -> Any:
     eager = rows[0]
     device = resolve_device(opts.device)
     per_image = step_gflop(build(opts.seed, device, opts), opts.batch_size, device) / opts.batch_size
-    bf16, fp32 = matmul_peak(device, torch.bfloat16), matmul_peak(device, torch.float32)
+    bf16, fp32 = peaks(device)
     print(f"\nTraining, steady state ({opts.steps} timed steps of {opts.batch_size} images after {opts.warmup} "
           f"warm-up steps; 'fast' is the last row). One step costs {per_image * 1e3:.0f} MFLOP per image "
           f"(forward and backward, the flop counter); the measured peak of a 4096 x 4096 matrix product, in this "
-          f"run: bf16 {bf16:.0f} GFLOP/s, fp32 {fp32:.0f} GFLOP/s:")
+          f"run: bf16 {gflops(bf16)}, fp32 {gflops(fp32)}:")
     print(f"{'path':<44} {'img/s':>8} {'x eager':>8} {'GFLOP/s':>8} {'of bf16':>8} {'of fp32':>8} "
           f"{'warm-up s':>10} {'peak MiB':>9}")
     for r in rows:
         rate = r["images_per_s"] * per_image
         r.update(gflop_per_s=rate, bf16_peak=bf16, fp32_peak=fp32)
         print(f"{r['name']:<44} {r['images_per_s']:8.1f} {r['images_per_s'] / eager['images_per_s']:8.2f} "
-              f"{rate:8.0f} {rate / bf16:8.1%} {rate / fp32:8.1%} {r['warmup_seconds']:10.1f} {r['peak_mib']:9.0f}")
+              f"{rate:8.0f} {share(rate, bf16):>8} {share(rate, fp32):>8} {r['warmup_seconds']:10.1f} {r['peak_mib']:9.0f}")
     return rows
 
 

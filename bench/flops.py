@@ -31,6 +31,23 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats
     return 2 * n**3 / best / 1e9
 
 
+def peaks(device: torch.device) -> tuple[float | None, float]:
+    """(bf16, fp32) ``matmul_peak``; bf16 is None where the device has no native bfloat16 (``fastpath.native_bf16``):
+    emulated, its product takes minutes and says nothing of what the hardware can do."""
+    bf16 = matmul_peak(device, torch.bfloat16) if fastpath.native_bf16(device) else None
+    return bf16, matmul_peak(device, torch.float32)
+
+
+def share(rate: float, peak: float | None) -> str:
+    """``rate`` as a percentage of ``peak``; "n/a" where there is no peak."""
+    return f"{rate / peak:.1%}" if peak else "n/a"
+
+
+def gflops(peak: float | None) -> str:
+    """A measured peak in GFLOP/s, or why there is none."""
+    return f"{peak:.0f} GFLOP/s" if peak else "n/a (no native bfloat16)"
+
+
 def step_gflop(ddpm: DiffusionModel, batch: int, device: torch.device, **loss_options: object) -> float:
     """GFLOP of one eager fp32 training step (forward and backward) of ``batch`` images: what the maths costs.
 

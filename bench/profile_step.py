@@ -34,7 +34,7 @@ from checkpoint import build_model  # noqa: E402
 from config import ARCHITECTURES, DATASETS, ModelSettings, TrainSettings  # noqa: E402
 from distributed import resolve_device  # noqa: E402
 from ema import EMA  # noqa: E402
-from flops import matmul_peak, step_gflop  # noqa: E402
+from flops import gflops, peaks, share, step_gflop  # noqa: E402
 from utils import TrainState  # noqa: E402
 
 
@@ -70,15 +70,15 @@ def main() -> None:
         for _ in range(args.steps):
             state.step(x0, loss_fn).item()
         seconds = (time.perf_counter() - start) / args.steps
-    bf16, fp32 = matmul_peak(device, torch.bfloat16), matmul_peak(device, torch.float32)
+    bf16, fp32 = peaks(device)
     rate = gflop / seconds
     print(f"{args.arch} on {args.dataset} ({ModelSettings(arch=args.arch).network_config(args.dataset).get('base_channels', '-')} "
           f"channels), batch {batch}, parts {fastpath.describe(parts)}, {device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"one training step: {gflop:.2f} GFLOP ({gflop / batch * 1e3:.1f} MFLOP per image), "
           f"{seconds * 1e3:.1f} ms (profiler on), {batch / seconds:.0f} images/s, {rate:.0f} GFLOP/s")
-    print(f"measured peak (4096 x 4096 matrix product): bf16 {bf16:.0f} GFLOP/s, fp32 {fp32:.0f} GFLOP/s; "
-          f"the step runs at {rate / bf16:.1%} of the bf16 peak and {rate / fp32:.1%} of the fp32 peak")
+    print(f"measured peak (4096 x 4096 matrix product): bf16 {gflops(bf16)}, fp32 {gflops(fp32)}; "
+          f"the step runs at {share(rate, bf16)} of the bf16 peak and {share(rate, fp32)} of the fp32 peak")
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=args.top, max_name_column_width=40))
 

@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,12 +34,21 @@ def test_parse_parts():
     assert fastpath.recommended_parts("meta") == frozenset()
 
 
-def test_fast_leaves_out_bf16_where_it_would_be_emulated(monkeypatch):
+def test_fast_leaves_out_bf16_where_it_would_be_emulated(monkeypatch, caplog):
     monkeypatch.setattr(fastpath, "native_bf16", lambda device: True)
-    assert fastpath.recommended_parts("cpu") == {"channels_last", "bf16"}
+    with caplog.at_level(logging.INFO, logger="fastpath"):
+        assert fastpath.recommended_parts("cpu") == {"channels_last", "bf16"}
+    assert caplog.text == ""  # nothing left out, nothing said
     monkeypatch.setattr(fastpath, "native_bf16", lambda device: False)
-    assert fastpath.recommended_parts("cpu") == {"channels_last"}
-    assert "bf16" not in fastpath.recommended_parts("cuda")
+    with caplog.at_level(logging.INFO, logger="fastpath"):
+        assert fastpath.recommended_parts("cpu") == {"channels_last"}
+        assert "bf16" not in fastpath.recommended_parts("cuda")
+        assert fastpath.recommended_parts("cpu", make_unet(arch="resattn", n_steps=10, image_size=28)) == set()
+    lines = caplog.messages
+    assert len(lines) == 3 and all(m.startswith("--fast leaves bf16 out") for m in lines)
+    assert "this cpu has no native bfloat16 (AVX512-BF16 or AMX)" in lines[0] and lines[0].endswith(": channels_last")
+    assert "(Ampere or newer)" in lines[1]
+    assert lines[2].endswith("--fast here: fp32 eager")  # the default network on such a CPU: nothing left to switch on
 
 
 def test_fast_leaves_out_channels_last_for_group_norm_networks_on_the_cpu(monkeypatch):
@@ -265,3 +275,18 @@ def test_cli_fast_errors(args, message, capsys):
         cli.main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_peaks_skip_an_emulated_bf16_product(monkeypatch):
+    """bench/flops.py: no bf16 matrix product (minutes long when emulated) where the device has no native bf16."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import flops
+
+    timed = []
+    monkeypatch.setattr(flops, "matmul_peak", lambda device, dtype: timed.append(dtype) or 400.0)
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: False)
+    assert flops.peaks(torch.device("cpu")) == (None, 400.0) and timed == [torch.float32]
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: True)
+    assert flops.peaks(torch.device("cpu")) == (400.0, 400.0) and timed[1:] == [torch.bfloat16, torch.float32]
+    assert flops.share(100.0, 400.0) == "25.0%" and flops.share(100.0, None) == "n/a"
+    assert flops.gflops(383.4) == "383 GFLOP/s" and flops.gflops(None) == "n/a (no native bfloat16)"
