@@ -40,6 +40,13 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 
+@pytest.fixture(autouse=True)
+def away_from_the_repository(tmp_path, monkeypatch):
+    """Each test runs in its own folder: the loader also searches ``./data/persian_digits`` (``files.beside_data``),
+    which in the repository may hold the real extraction of a user's ``--dataset persian`` run."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def no_download(monkeypatch):
     """Make every download path fail loudly if it is used."""
