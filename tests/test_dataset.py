@@ -39,7 +39,6 @@ from unet import SUPPORTED_IMAGE_SIZES
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-
 @pytest.fixture(autouse=True)
 def away_from_the_repository(tmp_path, monkeypatch):
     """Each test runs in its own folder: the loader also searches ``./data/persian_digits`` (``files.beside_data``),

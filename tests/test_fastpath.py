@@ -3,11 +3,10 @@
 import json
 import logging
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_ddpm
+from conftest import ROOT, tiny_ddpm
 from datagen import make_mnist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -279,7 +278,7 @@ def test_cli_fast_errors(args, message, capsys):
 
 def test_bench_peaks_skip_an_emulated_bf16_product(monkeypatch):
     """bench/flops.py: no bf16 matrix product (minutes long when emulated) where the device has no native bf16."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import flops
 
     timed = []
