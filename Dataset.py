@@ -19,18 +19,22 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.error import URLError
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, random_split
-from torchvision import datasets
-from torchvision.transforms import Compose, Lambda, Resize, ToTensor
 
 from config import DATASETS as CONFIG_DATASETS
 from files import DEFAULT_DATA_ROOT, DatasetError, PathLike, error_text, is_writable_dir
 from persian_files import ZIP_MAX_BYTES, ZIP_MAX_RATIO, prepare_persian_digits
+
+if TYPE_CHECKING:
+    from torchvision.transforms import Compose
+
+# torchvision is imported where data is read, not here: importing it loads torch._dynamo (through
+# torchvision.ops), which the commands that read no data (--sample, --help, the refusals) need not wait for.
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +64,15 @@ def mnist_transform() -> Compose:
     """The MNIST transform of Figure 1: ``ToTensor()`` then scaling to [-1, 1]."""
     # The listing uses an inline lambda; a module-level function keeps the
     # transform picklable for DataLoader workers started with "spawn".
+    from torchvision.transforms import Compose, Lambda, ToTensor
+
     return Compose([ToTensor(), Lambda(scale_to_minus_one_one)])
 
 
 def persian_transform(size: int = IMAGE_SIZES["persian"]) -> Compose:
     """The Persian-digit transform of Figure 4: resize to 64x64, ``ToTensor()``, scale to [-1, 1]."""
+    from torchvision.transforms import Compose, Lambda, Resize, ToTensor
+
     return Compose([Resize((size, size)), ToTensor(), Lambda(scale_to_minus_one_one)])
 
 
@@ -250,6 +258,8 @@ def load_mnist(data_root: PathLike = DEFAULT_DATA_ROOT, download: bool = True) -
     raises ``DatasetError`` naming the folder and the four expected files. The
     files are then checked by ``check_mnist_files``.
     """
+    from torchvision import datasets
+
     data_root = Path(data_root).expanduser()
     raw = data_root / "MNIST" / "raw"
     missing = [name for name in MNIST_FILES if not (raw / name).is_file()]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,6 +55,46 @@ def run_main(monkeypatch, capsys, caplog) -> Callable[..., Ran]:
         return Ran(code, capsys.readouterr().err + caplog.text)
 
     return run
+
+
+TINY = ["--timesteps", "20", "--batch-size", "8", "--device", "cpu", "--seed", "3", "--arch", "fixed"]  # a small network
+
+
+def run_cli(*args: str, cwd: Path, preamble: str = "") -> subprocess.CompletedProcess:
+    """main.py in a fresh interpreter; ``preamble`` runs first (to limit file sizes, say)."""
+    code = f"{preamble}\nimport runpy, sys\nsys.argv = ['main.py', *{list(args)!r}]\n" \
+           f"runpy.run_path({str(ROOT / 'main.py')!r}, run_name='__main__')"
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(result: subprocess.CompletedProcess | Ran) -> str:
+    """The one ``main.py: error:`` line of a refused command (exit 1, no traceback)."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("main.py: error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def one_epoch(tmp_path_factory) -> Path:
+    """A folder with the tiny data and a run trained for one epoch (``runs/``), made once for the whole run
+    (test_reliability and test_bounds both use it, through ``trained``)."""
+    from datagen import make_mnist
+
+    folder = tmp_path_factory.mktemp("one_epoch")
+    make_mnist(folder / "data", n_train=24, n_test=8)
+    result = run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.fixture
+def trained(one_epoch, tmp_path) -> Path:
+    """A private copy of ``one_epoch``."""
+    shutil.copytree(one_epoch, tmp_path, dirs_exist_ok=True)
+    return tmp_path
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, tiny_ddpm
+from conftest import ROOT, TINY, one_error_line, tiny_ddpm
 from test_samplers import Affine
 
 from diffusion_model import DiffusionModel
@@ -15,8 +15,6 @@ from diffusion_model import DiffusionModel
 import main
 import utils
 from samplers import SamplingOutOfMemory, make_sampler, noise_seed
-from test_reliability import TINY, one_error_line
-from test_reliability import one_epoch, trained  # noqa: F401  (fixtures)
 
 
 # --------------------------------------------------------------------------- sampling in batches
@@ -97,7 +95,7 @@ def test_too_many_samples_is_one_line(capsys):
 # --------------------------------------------------------------------------- checkpoints that ask for too much
 
 
-def forged(trained, **change):  # noqa: F811
+def forged(trained, **change):
     """The trained run's checkpoint with its config changed as ``change`` says (data only: weights_only passes)."""
     path = trained / "runs" / "ddpm_mnist.pt"
     ckpt = torch.load(path, weights_only=True)
@@ -116,13 +114,13 @@ def forged(trained, **change):  # noqa: F811
     (dict(image_size=4096), "image_size must be one of [28, 64], got 4096"),
     (dict(dataset="cifar"), "unknown dataset 'cifar'"),
 ])
-def test_a_checkpoint_asking_for_too_much_is_refused_before_building(trained, change, message, run_main):  # noqa: F811
+def test_a_checkpoint_asking_for_too_much_is_refused_before_building(trained, change, message, run_main):
     path = forged(trained, **change)
     line = one_error_line(run_main("--sample", "--checkpoint", str(path), cwd=trained))
     assert "asks for a model this package refuses to build" in line and message in line
 
 
-def test_a_100_gib_network_is_refused_in_a_second_with_little_memory(trained):  # noqa: F811
+def test_a_100_gib_network_is_refused_in_a_second_with_little_memory(trained):
     """``base_channels`` 6000 would build a network of about 110 GiB; the refusal comes first, in a fresh process
     (timed from after the imports)."""
     ckpt = torch.load(trained / "runs" / "ddpm_mnist.pt", weights_only=True)
@@ -145,7 +143,7 @@ def test_a_100_gib_network_is_refused_in_a_second_with_little_memory(trained):  
 # --------------------------------------------------------------------------- which file a command uses
 
 
-def test_sample_of_a_run_stopped_in_its_first_epoch_uses_its_last_state(trained, run_main):  # noqa: F811
+def test_sample_of_a_run_stopped_in_its_first_epoch_uses_its_last_state(trained, run_main):
     runs = trained / "runs"
     (runs / "ddpm_mnist.pt").unlink()  # only ddpm_mnist_last.pt is left, as after a stop in epoch 1
     result = run_main("--sample", "--n-samples", "2", "--sampler", "ddim", "--sample-steps", "2", cwd=trained)
@@ -156,7 +154,7 @@ def test_sample_of_a_run_stopped_in_its_first_epoch_uses_its_last_state(trained,
     assert (runs / "samples_mnist.png").is_file()
 
 
-def test_a_corrupt_last_beside_a_good_best_says_which_file_to_move(trained, run_main):  # noqa: F811
+def test_a_corrupt_last_beside_a_good_best_says_which_file_to_move(trained, run_main):
     last = trained / "runs" / "ddpm_mnist_last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # truncated
     line = one_error_line(run_main("--train", "--epochs", "2", "--resume", "--data-root", "data", *TINY,
@@ -173,12 +171,12 @@ def test_a_corrupt_last_beside_a_good_best_says_which_file_to_move(trained, run_
 # --------------------------------------------------------------------------- the small refusals
 
 
-def test_a_gif_where_the_grid_goes_is_refused(trained, run_main):  # noqa: F811
+def test_a_gif_where_the_grid_goes_is_refused(trained, run_main):
     line = one_error_line(run_main("--sample", "--gif", "runs/samples_mnist.png", cwd=trained))
     assert "--gif runs/samples_mnist.png is where the sample grid goes" in line
 
 
-def test_another_dataset_than_the_checkpoints_is_refused(trained, run_main):  # noqa: F811
+def test_another_dataset_than_the_checkpoints_is_refused(trained, run_main):
     line = one_error_line(run_main("--sample", "--dataset", "persian", "--checkpoint", "runs/ddpm_mnist.pt",
                                    cwd=trained))
     assert "--dataset persian, but runs/ddpm_mnist.pt is a mnist model" in line

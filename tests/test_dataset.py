@@ -10,6 +10,8 @@ import math
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import ROOT
 from datagen import (
     declare_size,
     listing,
@@ -509,6 +512,20 @@ def test_save_dataset_samples_writes_png(tmp_path, persian_zip, no_download):
     with Image.open(path) as image:
         assert image.size[0] > 100 and image.size[1] > 100
     assert torch.equal(train.generator.get_state(), state)  # the seeded shuffle is untouched
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def test_torchvision_is_imported_only_to_read_data():
+    """Importing torchvision loads torch._dynamo (through torchvision.ops): the package leaves it until data is
+    read, so ``--sample``, ``--help`` and the refusals start without it."""
+    code = ("import sys\nimport main\nbefore = 'torchvision' in sys.modules\n"
+            "import Dataset\nDataset.mnist_transform()\nprint(before, 'torchvision' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
 
 
 # --------------------------------------------------------------------------- integration (real data)

@@ -14,7 +14,6 @@ from torch.nn.parallel import DistributedDataParallel
 from checkpoint import load_checkpoint
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,7 +92,7 @@ def all_training_images(data_root) -> list:
     return [x for batch in train for x in batch[0]]
 
 
-def test_torchrun_two_processes_write_one_checkpoint_that_samples_alone(tmp_path):
+def test_torchrun_two_processes_write_one_checkpoint_that_samples_alone(tmp_path, run_main):
     make_mnist(tmp_path / "data", n_train=24, n_test=6)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
            str(ROOT / "main.py"), "--dataset", "mnist", "--train", "--epochs", "2", "--timesteps", "10",
@@ -107,8 +106,7 @@ def test_torchrun_two_processes_write_one_checkpoint_that_samples_alone(tmp_path
     ddpm, ckpt = load_checkpoint(tmp_path / "runs" / "ddpm_mnist.pt")
     assert not any(k.startswith("module.") for k in ckpt["model"])
     assert ckpt["train_args"]["world_size"] == 2 and len(ckpt["rng"]) == 2
-    sample = subprocess.run([sys.executable, str(ROOT / "main.py"), "--sample", "--n-samples", "2"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    sample = run_main("--sample", "--n-samples", "2", cwd=tmp_path)  # one process, no torchrun
     assert sample.returncode == 0, sample.stderr
     assert (tmp_path / "runs" / "samples_mnist.png").is_file()
 

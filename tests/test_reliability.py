@@ -11,16 +11,14 @@ noise, orphan temporary files and the CI's virtual environment.
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, TINY, one_error_line, run_cli
 from datagen import make_mnist, persian_members, write_zip
 
 import utils
@@ -28,46 +26,11 @@ import cli
 import main
 from checkpoint import load_checkpoint
 
-TINY = ["--timesteps", "20", "--batch-size", "8", "--device", "cpu", "--seed", "3", "--arch", "fixed"]  # a small network
-
-
-def run_cli(*args: str, cwd: Path, preamble: str = "") -> subprocess.CompletedProcess:
-    """main.py in a fresh interpreter; ``preamble`` runs first (to limit file sizes, say)."""
-    code = f"{preamble}\nimport runpy, sys\nsys.argv = ['main.py', *{list(args)!r}]\n" \
-           f"runpy.run_path({str(ROOT / 'main.py')!r}, run_name='__main__')"
-    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("main.py: error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
-
 
 @pytest.fixture
 def work(tmp_path):
     make_mnist(tmp_path / "data", n_train=24, n_test=8)  # 3 batches of 8
     write_zip(tmp_path / "data" / "persian_digits.zip", persian_members(40))
-    return tmp_path
-
-
-@pytest.fixture(scope="module")
-def one_epoch(tmp_path_factory):
-    """A folder with the tiny data and a run trained for one epoch (``runs/``), made once for the module."""
-    folder = tmp_path_factory.mktemp("one_epoch")
-    make_mnist(folder / "data", n_train=24, n_test=8)
-    result = run_cli("--train", "--epochs", "1", "--data-root", "data", *TINY, cwd=folder)
-    assert result.returncode == 0, result.stderr
-    return folder
-
-
-@pytest.fixture
-def trained(one_epoch, tmp_path):
-    """A private copy of ``one_epoch``."""
-    shutil.copytree(one_epoch, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 
@@ -103,7 +66,7 @@ def test_a_new_training_does_not_replace_a_finished_run_unless_asked(trained, ru
 
 # 2. A second training into a folder that a running training holds stops at once.
 def test_a_second_training_into_the_same_folder_is_refused(tmp_path, run_main):
-    make_mnist(tmp_path / "data", n_train=400, n_test=8)
+    make_mnist(tmp_path / "data", n_train=80, n_test=8)
     args = ["--train", "--epochs", "30", "--data-root", "data", *TINY]
     first = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args, "--quiet"], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

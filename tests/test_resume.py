@@ -112,7 +112,7 @@ def test_resume_keeps_the_runs_prediction_loss_weighting_and_batch_size(data):
 
 
 def test_sigterm_mid_run_leaves_a_loadable_checkpoint(tmp_path):
-    make_mnist(tmp_path / "data", n_train=400, n_test=8)  # 50 batches per epoch
+    make_mnist(tmp_path / "data", n_train=80, n_test=8)  # 10 batches per epoch
     out = tmp_path / "run"
     args = [a for a in train_args(out, 30) if a != "--quiet"]  # the log must show the signal
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
