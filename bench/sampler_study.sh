@@ -12,6 +12,7 @@
 #              40 log-SNR steps (x0 clipped), and the 1000-step sampler as the paper writes it, with x0
 #              clipped, and with the posterior variance and x0 clipped
 #   headline   DPM-Solver++ at 40 uniform steps, x0 clipped (the sampler of docs/results.md's CPU rows of the MNIST default)
+#   start      what a distillation's first round learns from (--distill-start): unclipped DDIM at 64 and 256 steps
 # Environment: PYTHON; SEEDS (sampling seeds, default 0; seed S > 0 writes to OUT/seedS); JOBS (evaluations
 # at once, default 1: on a CPU one at a time; the judge must then be in OUT/judges already); DEVICE (default
 # auto). Issue 11's sampler table (on a lent GPU; the judge copied from a CPU run):
@@ -60,6 +61,7 @@ for phase in $PHASES; do
     ddpm) ev --sampler ddpm --clip-x0 "$CLIP" ;;
     variance) ev --sampler ddpm --reverse-variance posterior ;;
     headline) ev --sampler dpm++ --sample-steps 40 --clip-x0 clip ;;
+    start) for steps in 64 256; do ev --sampler ddim --sample-steps "$steps" --clip-x0 none; done ;;
     trained)
       for steps in 20 40; do ev --sampler dpm++ --sample-steps "$steps" --clip-x0 clip; done
       ev --sampler dpm++ --sample-steps 40 --clip-x0 clip --step-schedule logsnr
