@@ -312,7 +312,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                       help="'ddpm' is Algorithm 2 (every step, the default); 'ddim' is Song et al. (2021) and "
                            "'dpm++' is DPM-Solver++(2M) (Lu et al. 2022), both with fewer steps; 'distilled' is "
                            "deterministic DDIM on the grid of --distill, what a distilled checkpoint samples with "
-                           "at its own steps")
+                           "at its own steps; 'distilled-stochastic' is Meng et al.'s (2023) stochastic sampler on "
+                           "that grid")
     samp.add_argument("--sample-steps", type=positive_int, default=None,
                       help="network evaluations of the few-step samplers (default: " + ", ".join(
                           f"{name} {cls.default_steps}" for name, cls in SAMPLERS.items() if cls.default_steps)

@@ -14,7 +14,9 @@ Reverse processes, all from the same trained noise predictor eps_theta:
   paper, or the posterior variance beta-tilde_t of Ho et al.);
 * ``ddim_step``: DDIM (Song et al., 2021), any subset of the steps;
 * ``dpm_solver_step``: DPM-Solver++(2M) (Lu et al., 2022), a second-order
-  multistep solver of the same ODE as deterministic DDIM.
+  multistep solver of the same ODE as deterministic DDIM;
+* ``renoise``: q(x_s | x_k) for s > k, the forward process over several steps
+  (the stochastic sampler of a distilled student, Meng et al. 2023).
 
 Each can clip the predicted x_0 (``threshold_x0``); ``samplers.py`` picks the
 steps a sampler visits and calls these. The network predicts the noise (the paper)
@@ -143,10 +145,8 @@ class DiffusionModel(nn.Module):
 
         # Computed in float64 and stored as float32: alpha_bars is a product of
         # 1000 factors, and float64 keeps its last digits right.
-        if schedule == "linear":
-            betas = self.get_linear_beta_schedule(beta_start, beta_end, timesteps, dtype=torch.float64)
-        else:
-            betas = self.get_cosine_beta_schedule(timesteps)
+        betas = (self.get_linear_beta_schedule(beta_start, beta_end, timesteps, dtype=torch.float64)
+                 if schedule == "linear" else self.get_cosine_beta_schedule(timesteps))
         if schedule_shift != 1.0:
             betas = self.shift_schedule(betas, schedule_shift)
         alphas = 1.0 - betas  # Eq. 1
@@ -162,12 +162,10 @@ class DiffusionModel(nn.Module):
         # The forward posterior q(x_{t-1} | x_t, x_0) (Ho et al. Eq. 6-7), with abar_{-1} = 1 before the
         # first step: its variance beta-tilde_t and the coefficients of its mean.
         abar_prev = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])
-        self.register_buffer("posterior_variance", ((1 - abar_prev) / (1 - alpha_bars) * betas).float(),
-                             persistent=False)
-        self.register_buffer("posterior_mean_coef_x0", (abar_prev.sqrt() * betas / (1 - alpha_bars)).float(),
-                             persistent=False)
-        self.register_buffer("posterior_mean_coef_xt", (alphas.sqrt() * (1 - abar_prev) / (1 - alpha_bars)).float(),
-                             persistent=False)
+        for name, value in (("posterior_variance", (1 - abar_prev) / (1 - alpha_bars) * betas),
+                            ("posterior_mean_coef_x0", abar_prev.sqrt() * betas / (1 - alpha_bars)),
+                            ("posterior_mean_coef_xt", alphas.sqrt() * (1 - abar_prev) / (1 - alpha_bars))):
+            self.register_buffer(name, value.float(), persistent=False)
         self.register_buffer("lambdas", log_snr(alpha_bars), persistent=False)  # float64, for DPM-Solver++
         if device is not None:
             self.to(device)
@@ -212,11 +210,8 @@ class DiffusionModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample x_t ~ q(x_t | x_0) in closed form (Eq. 3-4), one time step per sample.
 
-        Args:
-            x_0: clean images (N, C, H, W) in [-1, 1].
-            t: 0-based time steps, shape (N,) or (N, 1), values in 0..T-1.
-            noise: eps ~ N(0, I) shaped like x_0; drawn when None.
-
+        ``x_0``: clean images (N, C, H, W) in [-1, 1]; ``t``: 0-based steps, shape (N,) or (N, 1), in 0..T-1;
+        ``noise``: eps ~ N(0, I) shaped like x_0, drawn when None.
         Returns ``(x_t, noise)`` with ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
         """
         t = t.reshape(-1)
@@ -229,6 +224,17 @@ class DiffusionModel(nn.Module):
         mean_coef = _per_sample(self.sqrt_alpha_bars, t, x_0.dim())
         std = _per_sample(self.sqrt_one_minus_alpha_bars, t, x_0.dim())
         return mean_coef * x_0 + std * noise, noise
+
+    def renoise(self, x_k: torch.Tensor, k: int, s: int, z: torch.Tensor) -> torch.Tensor:
+        """Sample q(x_s | x_k) for 0-based steps ``-1 <= k < s`` (``k = -1``: the clean image, abar = 1).
+
+        Eq. 2 composed over the steps k+1..s: ``x_s = sqrt(abar_s / abar_k) x_k + sqrt(1 - abar_s / abar_k) z``;
+        with ``k = -1`` it is Eq. 4 (``add_noise``) at one step for the whole batch.
+        """
+        if not -1 <= k < s < self.timesteps:
+            raise ValueError(f"renoise needs -1 <= k < s <= {self.timesteps - 1}, got k={k}, s={s}")
+        ratio = self.alpha_bars[s] / (self.alpha_bars[k] if k >= 0 else 1.0)
+        return ratio.sqrt() * x_k + (1 - ratio).sqrt() * z
 
     @property
     def num_classes(self) -> int:
@@ -344,11 +350,8 @@ class DiffusionModel(nn.Module):
         posterior mean from it, as Ho et al.'s released sampler does; unclipped,
         that mean equals Eq. 7.
 
-        Args:
-            x_t: current images (N, C, H, W).
-            t: 0-based time step, 0..T-1, the same for the whole batch.
-            eta_theta: the network's prediction at (x_t, t); computed when None.
-            z: the noise to add (for tests); drawn when None and t > 0.
+        ``x_t``: images (N, C, H, W); ``t``: 0..T-1, one for the batch; ``eta_theta``: the network's
+        prediction at (x_t, t), computed when None; ``z``: the noise to add, drawn when None and t > 0.
         """
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")

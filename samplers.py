@@ -12,6 +12,8 @@ with which steps and remembers what a multistep solver needs.
 * ``DPMSolverSampler``: DPM-Solver++(2M) (Lu et al. 2022), a second-order multistep ODE solver.
 * ``DistilledSampler``: deterministic DDIM on ``distillation_grid``, the steps a student of progressive
   distillation (Salimans and Ho 2022; ``distill.py``) was trained to take.
+* ``StochasticDistilledSampler``: the same grid and network passes, each step two grid steps of DDIM
+  and forward noise back by one (Meng et al. 2023, section 3.2).
 
 Adding a sampler is one class here and one line in ``SAMPLERS``; the command line
 takes its name, its defaults and which options it accepts from the class.
@@ -82,6 +84,7 @@ class Sampler:
     default_steps: ClassVar[int | None] = None
     default_clip: ClassVar[str] = "none"
     options: ClassVar[tuple[str, ...]] = ()
+    student_grid: ClassVar[bool] = False  # samples a distilled checkpoint at its own steps by default
 
     def __init__(self, ddpm: DiffusionModel, steps: int | None = None, *, clip_x0: str | None = None) -> None:
         clip_x0 = self.default_clip if clip_x0 is None else clip_x0
@@ -210,6 +213,7 @@ class DistilledSampler(Sampler):
     """
 
     name = "distilled"
+    student_grid = True
 
     def timesteps(self) -> list[int]:
         return distillation_grid(self.ddpm.timesteps, self.steps)[:-1]
@@ -218,8 +222,29 @@ class DistilledSampler(Sampler):
         return self.ddpm.ddim_step(x, t, t_prev, eta_theta=eps, ddim_eta=0.0, clip_x0=self.clip_x0).x_prev
 
 
+class StochasticDistilledSampler(DistilledSampler):
+    """Meng et al. (2023), section 3.2: the N-step stochastic sampler of a distilled student.
+
+    On the grid s_0 > s_1 > ... > s_N = -1 of ``DistilledSampler``, from x at s_i: a deterministic DDIM step
+    (Song et al. 2021, Eq. 12, eta = 0) two grid steps long, to s_{i+2}, then forward noise back to s_{i+1},
+    q(x_{s_{i+1}} | x_{s_{i+2}}) (``DiffusionModel.renoise``), as Karras et al. (2022) re-inject noise; the
+    last step (to the clean image) is the deterministic one. The same N network passes, with fresh noise
+    at every step but the last.
+    """
+
+    name = "distilled-stochastic"
+
+    def step(self, x: torch.Tensor, t: int, t_prev: int, eps: torch.Tensor, noise: Noise) -> torch.Tensor:
+        if t_prev < 0:
+            return super().step(x, t, t_prev, eps, noise)
+        grid = distillation_grid(self.ddpm.timesteps, self.steps)
+        k = grid[grid.index(t_prev) + 1]  # two grid steps below t
+        x_k = self.ddpm.ddim_step(x, t, k, eta_theta=eps, ddim_eta=0.0, clip_x0=self.clip_x0).x_prev
+        return self.ddpm.renoise(x_k, k, t_prev, noise())
+
+
 SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPMSampler, DDIMSampler, DPMSolverSampler,
-                                                                DistilledSampler)}
+                                                                DistilledSampler, StochasticDistilledSampler)}
 
 
 def make_sampler(name: str, ddpm: DiffusionModel, steps: int | None = None, **options: object) -> Sampler:

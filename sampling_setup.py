@@ -24,7 +24,7 @@ from config import DATA_BATCH_SIZE, DEFAULT_DATASET, dataset_info
 from Dataset import get_data_loaders
 from diffusion_model import DiffusionModel
 from export import load_exported
-from samplers import Sampler, class_labels, describe_guidance, guidance_setting, make_sampler
+from samplers import SAMPLERS, Sampler, class_labels, describe_guidance, guidance_setting, make_sampler
 
 log = logging.getLogger("ddpm")
 
@@ -66,8 +66,8 @@ def open_model(args: argparse.Namespace, device: torch.device,
     if distilled and not ddpm.num_classes and args.digit is not None:
         raise UsageError(f"--digit needs a class-conditional checkpoint; {used} is the student of an unconditional "
                          "teacher (distill a model trained with --class-cond)")
-    if distilled and name in (None, "distilled"):  # a student of --distill: its own sampler and steps
-        name, steps = "distilled", distilled["steps"] if steps is None else steps
+    if distilled and (name is None or SAMPLERS[name].student_grid):  # a student of --distill: its grid and steps
+        name, steps = name or "distilled", distilled["steps"] if steps is None else steps
         log.info("%s is a %d-step student of progressive distillation (teacher %s%s)", used, distilled["steps"],
                  distilled.get("teacher"), "" if distilled.get("guidance") is None else
                  f", {describe_guidance(distilled['guidance'], distilled.get('guidance_interval'))} distilled in")

@@ -12,7 +12,9 @@
 # Environment: PYTHON, SEEDS (default "0 1 2"), DEVICE (default auto), JUDGE_DIR (default: main.py's),
 #   DISTILL_FLAGS (more --distill options, e.g. "--distill-updates 3000"), REFERENCE (0 skips the teacher's
 #   1000-step sampler: about 2 hours per seed at N = 2000 on 2 CPU cores, docs/results.md), STUDENTS (the students
-#   to score, default "32 16 8 4 2 1"; the distillation stops at the smallest, e.g. "8 4" distils down to 4 steps).
+#   to score, default "32 16 8 4 2 1"; the distillation stops at the smallest, e.g. "8 4" distils down to 4 steps),
+#   STUDENT_SAMPLERS (the samplers each student is scored with, default "distilled"; "distilled distilled-stochastic"
+#   adds Meng et al.'s stochastic sampler), TEACHER_SAMPLERS (default "ddim dpm++"; "" scores the students alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 3 ]; then
@@ -51,9 +53,12 @@ for seed in ${SEEDS:-0 1 2}; do
   common=(--evaluate --n-samples "$N" --seed "$seed" --data-root "$DATA" --out-dir "$OUT/seed$seed"
           --device "$DEVICE" --quiet ${JUDGE_DIR:+--judge-dir "$JUDGE_DIR"})
   for steps in $STUDENTS; do
-    $PY main.py "${common[@]}" --checkpoint "$OUT/${stem}_distilled$steps.pt"
-    $PY main.py "${common[@]}" --checkpoint "$CKPT" --sampler ddim --sample-steps "$steps"
-    $PY main.py "${common[@]}" --checkpoint "$CKPT" --sampler dpm++ --sample-steps "$steps"
+    for sampler in ${STUDENT_SAMPLERS:-distilled}; do
+      $PY main.py "${common[@]}" --checkpoint "$OUT/${stem}_distilled$steps.pt" --sampler "$sampler"
+    done
+    for sampler in ${TEACHER_SAMPLERS-ddim dpm++}; do
+      $PY main.py "${common[@]}" --checkpoint "$CKPT" --sampler "$sampler" --sample-steps "$steps"
+    done
   done
   if [ "${REFERENCE:-1}" != 0 ]; then
     $PY main.py "${common[@]}" --checkpoint "$CKPT"

@@ -113,6 +113,46 @@ def test_the_distilled_sampler_is_deterministic_ddim_on_the_grid():
     assert torch.allclose(drawn, x, atol=1e-6)
 
 
+def test_the_stochastic_student_sampler_is_meng_et_al_section_3_2():
+    """Meng et al. (2023), section 3.2, in float64 from this file's schedule: from z_t, x^ = alpha_t z_t -
+    sigma_t v^; z_k = alpha_k x^ + sigma_k (z_t - alpha_t x^) / sigma_t two grid steps down (k = t - 2/N);
+    z_s = (alpha_s / alpha_k) z_k + sqrt(sigma_s^2 - (alpha_s / alpha_k)^2 sigma_k^2) eps one grid step
+    down; the last step deterministic. Each image's noise from its own generator, x_T first."""
+    ddpm = tiny()
+    sampler = make_sampler("distilled-stochastic", ddpm, 4)
+    assert sampler.timesteps() == [19, 14, 9, 4] and sampler.clip_x0 == "none"
+    drawn = sample(ddpm, 2, "cpu", sampler=sampler, seed=5).raw
+    gens = [torch.Generator().manual_seed(5 * 1_000_003 + i) for i in range(2)]
+    draw = lambda: torch.stack([torch.randn(1, 28, 28, generator=g) for g in gens]).double()  # noqa: E731
+    z, grid = draw(), [19, 14, 9, 4, -1]
+    for i, t in enumerate(grid[:-1]):
+        (a_t, s_t), s = coefficients(t), grid[i + 1]
+        x_hat = a_t * z - s_t * v_of(ddpm, z, t)
+        if s < 0:
+            z = x_hat
+            continue
+        (a_k, s_k), (a_s, s_s) = coefficients(grid[i + 2]), coefficients(s)
+        z_k = a_k * x_hat + s_k * (z - a_t * x_hat) / s_t
+        z = a_s / a_k * z_k + math.sqrt(s_s**2 - (a_s / a_k) ** 2 * s_k**2) * draw()
+    assert torch.allclose(drawn.double(), z, atol=2e-5)
+    deterministic = sample(ddpm, 2, "cpu", sampler=make_sampler("distilled", ddpm, 4), seed=5).raw
+    assert (drawn - deterministic).abs().max() > 0.1  # the noise changed the images
+    one = sample(ddpm, 2, "cpu", sampler=make_sampler("distilled-stochastic", ddpm, 1), seed=5).raw
+    assert torch.equal(one, sample(ddpm, 2, "cpu", sampler=make_sampler("distilled", ddpm, 1), seed=5).raw)
+
+
+def test_renoise_is_the_forward_process_over_several_steps():
+    ddpm = tiny()
+    x, z = torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28)
+    ratio = ALPHA_BARS64[14] / ALPHA_BARS64[9]
+    expected = ratio.sqrt() * x.double() + (1 - ratio).sqrt() * z.double()
+    assert torch.allclose(ddpm.renoise(x, 9, 14, z).double(), expected, atol=1e-6)
+    assert torch.allclose(ddpm.renoise(x, -1, 14, z), ddpm.add_noise(x, torch.full((2,), 14), z)[0], atol=1e-6)
+    for k, s in ((9, 9), (14, 9), (-2, 3), (3, 20)):
+        with pytest.raises(ValueError, match="renoise needs -1 <= k < s <= 19"):
+            ddpm.renoise(x, k, s, z)
+
+
 def test_the_per_image_ddim_step_is_the_packages():
     ddpm = tiny()
     z = torch.randn(3, 1, 28, 28)
@@ -243,6 +283,10 @@ def test_a_distillation_writes_each_rounds_student_and_says_what_it_is(work, run
     assert sampled.returncode == 0, sampled.stderr
     assert calls[-1]["sampler"].settings() == dict(sampler="distilled", sample_steps=2, clip_x0="none")
     assert (work / "out.gif").is_file() and "is a 2-step student" in sampled.stderr
+    stochastic = run_main("--sample", "--checkpoint", "runs/ddpm_mnist_distilled2.pt", "--sampler",
+                          "distilled-stochastic", "--n-samples", "2", cwd=work)  # the student's own steps
+    assert stochastic.returncode == 0, stochastic.stderr
+    assert calls[-1]["sampler"].settings() == dict(sampler="distilled-stochastic", sample_steps=2, clip_x0="none")
     plain = run_main("--sample", "--n-samples", "2", cwd=work)  # the students are not runs of runs/
     assert plain.returncode == 0 and calls[-1]["sampler"].name == "ddpm", plain.stderr
     scored = run_main("--evaluate", "--checkpoint", "runs/ddpm_mnist_distilled4.pt", "--n-samples", "6",

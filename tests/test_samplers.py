@@ -228,7 +228,8 @@ def test_the_clipping_default_is_per_sampler(monkeypatch):
     student's sampler does not, as it was trained."""
     ddpm = DiffusionModel(Affine(20), timesteps=20, image_chw=(1, 2, 2))
     used = {name: make_sampler(name, ddpm, None if name == "ddpm" else 5).clip_x0 for name in SAMPLERS}
-    assert used == {"ddpm": "none", "ddim": "clip", "dpm++": "clip", "distilled": "none"}
+    assert used == {"ddpm": "none", "ddim": "clip", "dpm++": "clip", "distilled": "none",
+                    "distilled-stochastic": "none"}
     assert make_sampler("dpm++", ddpm, 5, clip_x0="none").clip_x0 == "none"  # an explicit choice wins
     seen = []
     real = threshold_x0
