@@ -17,9 +17,9 @@ on the same grid.
 * The first teacher is the checkpoint's EMA weights (its raw ones without an EMA). Within a round the student
   has a fresh Adam whose learning rate decays linearly to 0, and an EMA of its weights (ema.py); the EMA
   weights are what the student's checkpoint samples with and what the next round starts from.
-* A class-conditional teacher is distilled with its guidance (the dataset's default, as
-  ``sampling_setup.guidance_of`` resolves it): the target is the guided teacher's (Meng et al. 2023), so
-  the student samples with one network pass a step and the guidance built in.
+* A class-conditional teacher is distilled with its guidance (the dataset's default, ``sampling_setup.guidance_of``):
+  round 1's target is the guided teacher's (Meng et al. 2023), so the student samples with one network pass a step
+  and the guidance built in; later rounds learn the previous student unguided (guided again, W would compound).
 * ``DistillRun`` holds what a run carries between updates; its ``save`` and ``restore`` make --resume
   continue exactly, mid-round included.
 """
@@ -195,6 +195,11 @@ class DistillRun:
         """The sampling steps of this round's student."""
         return self.settings.rounds()[self.round]
 
+    @property
+    def round_guidance(self) -> tuple[float, Any] | None:
+        """This round's guidance: ``guidance`` in round 1 (the trained teacher's), None after (built in)."""
+        return self.guidance if self.round == 0 else None
+
     def start_round(self) -> None:
         """Algorithm 2, line 3: the student starts as the teacher, with a fresh Adam, its decay and EMA."""
         self.student.load_state_dict(self.teacher.state_dict())
@@ -210,7 +215,7 @@ class DistillRun:
     def step(self, x0: torch.Tensor, y: torch.Tensor | None) -> float:
         """One update (Algorithm 2, lines 4-11): the loss, and unless it is not finite, Adam and the EMA."""
         self.student.train()
-        loss = distillation_loss(self.teacher, self.student, x0, y, self.steps, self.guidance)
+        loss = distillation_loss(self.teacher, self.student, x0, y, self.steps, self.round_guidance)
         value = loss.item()
         if not math.isfinite(value):
             return value
@@ -378,6 +383,8 @@ def refuse_changes(args: argparse.Namespace, run: DistillRun, used: Path) -> Non
     changed += [f"{flag} {value} (the run: {kept})" for flag, value, kept in
                 (("--batch-size", args.batch_size, run.batch_size), ("--ema-decay", args.ema_decay, run.ema_decay))
                 if value is not None and value != kept]
+    if args.no_ema and run.record["teacher_weights"] == "ema":
+        changed.append("--no-ema (the run: the teacher's EMA weights)")
     if changed:
         raise UsageError(f"cannot resume the distillation: {', '.join(changed)}; resume with the run's options")
 
@@ -396,7 +403,7 @@ def distill_rounds(args: argparse.Namespace, run: DistillRun, device: torch.devi
              "" if run.guidance is None else f", {describe_guidance(*run.guidance)}", device, len(images),
              len(rounds), " -> ".join(map(str, [run.settings.start, *rounds])), "/".join(map(str, updates)),
              run.batch_size, "/".join(f"{lr:g}" for lr in run.settings.lr), run.ema_decay,
-             "" if run.guidance is None else " (guided: two passes each)")
+             "" if run.guidance is None else " (guided in round 1: two passes each)")
     timer = dict(start=time.perf_counter(), updates=0)
     with StopRequest() as stop:
         while run.round < len(rounds):

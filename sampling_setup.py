@@ -74,6 +74,10 @@ def open_model(args: argparse.Namespace, device: torch.device,
         if steps != distilled["steps"]:
             log.warning("Sampling the %d-step student with %d steps: it learned %d", distilled["steps"], steps,
                         distilled["steps"])
+    elif distilled:
+        log.warning("%s is a %d-step student of progressive distillation: --sampler %s samples it on that "
+                    "sampler's own steps, not on the grid it learned (--sampler distilled)", used, distilled["steps"],
+                    name)
     try:
         sampler = make_sampler(name or "ddpm", ddpm, steps, **sampler_options(args))
     except ValueError as exc:

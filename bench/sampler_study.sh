@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 12: every sampler on one checkpoint, N samples each, seed 0, EMA weights, scored by --evaluate.
 # Usage: bench/sampler_study.sh CHECKPOINT [DATA_ROOT] [OUT] [N] [PHASES...]
-# Phases (default: all, in this order):
+# Phases (default: options reference fewstep diagnosis ddpm variance, in this order; name trained, headline or
+# start to run them):
 #   options    DPM-Solver++ and DDIM at 20 steps, every --clip-x0 and --step-schedule (to choose the defaults)
 #   reference  the 1000-step sampler, Algorithm 2 as the paper writes it (no clipping, sigma^2 = beta)
 #   fewstep    DPM-Solver++ and DDIM at 10, 15, 20 and 25 steps with the defaults ($CLIP, $SCHEDULE)
@@ -57,7 +58,7 @@ for phase in $PHASES; do
         ev --sampler "$sampler" --sample-steps "$steps" --clip-x0 "$CLIP" --step-schedule "$SCHEDULE"
       done; done ;;
     diagnosis)
-      for steps in 10 20 50 100 1000; do ev --sampler ddim --sample-steps "$steps"; done ;;
+      for steps in 10 20 50 100 1000; do ev --sampler ddim --sample-steps "$steps" --clip-x0 none; done ;;
     ddpm) ev --sampler ddpm --clip-x0 "$CLIP" ;;
     variance) ev --sampler ddpm --reverse-variance posterior ;;
     headline) ev --sampler dpm++ --sample-steps 40 --clip-x0 clip ;;

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ import distill
 import main
 import utils
 from checkpoint import build_model, load_checkpoint
+from cli import UsageError, parse_args
 from config import DistillSettings
 from diffusion_model import DiffusionModel
 from samplers import DistilledSampler, distillation_grid, make_sampler
@@ -195,6 +197,46 @@ def test_the_target_is_the_hand_computed_two_step_target():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-3)
 
 
+def test_the_loss_weights_by_sigma_squared_where_the_noise_dominates():
+    """max(SNR, 1) is truncated: on a schedule where sigma_t > alpha_t at the student's first step (betas up to
+    0.2, abar_19 near 0.12) that image weighs sigma_t^2 on v, not alpha_t^2 (plain SNR weighting on x)."""
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.2, T, dtype=torch.float64), dim=0)
+    teacher, student = (DiffusionModel(tiny(seed=seed).backward_process_model, beta_end=0.2, timesteps=T,
+                                       prediction="v").eval() for seed in (0, 1))
+    torch.manual_seed(4)
+    x0, noise, k = torch.rand(2, 1, 28, 28) * 2 - 1, torch.randn(2, 1, 28, 28), torch.tensor([0, 1])
+    t, t_mid, t_end = torch.tensor([19, 9]), torch.tensor([14, 4]), torch.tensor([9, -1])
+    assert 1 - abar[19] > 0.8 > abar[19] and abar[9] > 0.5  # sigma dominates at t = 19, alpha at t = 9
+    a, s = abar[t].sqrt().reshape(-1, 1, 1, 1), (1 - abar[t]).sqrt().reshape(-1, 1, 1, 1)
+    z = (a * x0.double() + s * noise.double()).float()
+    target = distill.distillation_target(teacher, z, t, t_mid, t_end).double()
+    with torch.no_grad():
+        per_image = ((student.backward_process_model(z, t).double() - target) ** 2).flatten(1).mean(dim=1)
+    expected = (torch.maximum(abar[t], 1 - abar[t]) * per_image).mean()
+    loss = distill.distillation_loss(teacher, student, x0, None, 2, k=k, noise=noise)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-3)
+
+
+def test_the_guided_loss_guides_each_image_at_its_own_steps():
+    """Guidance (2, t in 0-9) on a 2-step student: image 0 (19 -> 14 -> 9) lies outside the interval and learns
+    the plain conditional teacher, image 1 (9 -> 4 -> clean) the guided one, each with its label."""
+    teacher, student = tiny(num_classes=10, seed=0), tiny(num_classes=10, seed=1)
+    torch.manual_seed(5)
+    x0, noise, k, y = torch.rand(2, 1, 28, 28) * 2 - 1, torch.randn(2, 1, 28, 28), torch.tensor([0, 1]), \
+        torch.tensor([3, 7])
+    terms = []
+    for i, (t, t_mid, t_end) in enumerate(((19, 14, 9), (9, 4, -1))):
+        a, s = coefficients(t)
+        z_i = a * x0[i:i + 1].double() + s * noise[i:i + 1].double()
+        target = hand_target(teacher, z_i, t, t_mid, t_end, y[i:i + 1], weight_of=lambda t: 2.0 if t <= 9 else 1.0)
+        error = ((v_of(student, z_i, t, y[i:i + 1]) - target) ** 2).mean()
+        terms.append(max(a * a, s * s) * error)
+    loss = distill.distillation_loss(teacher, student, x0, y, 2, (2.0, (0, 9)), k=k, noise=noise)
+    assert loss.item() == pytest.approx(sum(terms).item() / 2, rel=1e-3)
+    unguided = distill.distillation_loss(teacher, student, x0, y, 2, None, k=k, noise=noise)
+    assert unguided.item() != pytest.approx(loss.item(), rel=1e-2)
+
+
 def test_one_student_step_with_the_target_lands_where_the_teacher_does():
     """The target's defining property: one DDIM step from z_t with v~ gives the teacher's z_t'' (also x_0)."""
     teacher = tiny()
@@ -287,6 +329,12 @@ def test_a_distillation_writes_each_rounds_student_and_says_what_it_is(work, run
                           "distilled-stochastic", "--n-samples", "2", cwd=work)  # the student's own steps
     assert stochastic.returncode == 0, stochastic.stderr
     assert calls[-1]["sampler"].settings() == dict(sampler="distilled-stochastic", sample_steps=2, clip_x0="none")
+    on_ddim = run_main("--sample", "--checkpoint", "runs/ddpm_mnist_distilled2.pt", "--sampler", "ddim",
+                       "--sample-steps", "2", "--n-samples", "2", cwd=work)  # allowed, with a warning
+    assert on_ddim.returncode == 0 and calls[-1]["sampler"].timesteps() == [19, 0], on_ddim.stderr
+    assert ("runs/ddpm_mnist_distilled2.pt is a 2-step student of progressive distillation: --sampler ddim samples "
+            "it on that sampler's own steps, not on the grid it learned (--sampler distilled)") in on_ddim.stderr
+    assert "on that sampler's own steps" not in stochastic.stderr + sampled.stderr
     plain = run_main("--sample", "--n-samples", "2", cwd=work)  # the students are not runs of runs/
     assert plain.returncode == 0 and calls[-1]["sampler"].name == "ddpm", plain.stderr
     scored = run_main("--evaluate", "--checkpoint", "runs/ddpm_mnist_distilled4.pt", "--n-samples", "6",
@@ -366,11 +414,19 @@ def test_a_class_conditional_teacher_is_distilled_with_its_guidance(teachers, tm
     shutil.copytree(teachers / "data", tmp_path / "data")
     (tmp_path / "runs").mkdir()
     shutil.copy(teachers / "cond" / "ddpm_mnist.pt", tmp_path / "runs")
-    done = run_main(*distill_args("--distill-steps", "4"), cwd=tmp_path)
+    targets: list[tuple[int, object]] = []  # (student steps, guidance) of each update's loss
+    loss = distill.distillation_loss
+    monkeypatch.setattr(distill, "distillation_loss", lambda teacher, student, x0, y, n, guidance=None, **k:
+                        targets.append((n, guidance)) or loss(teacher, student, x0, y, n, guidance, **k))
+    done = run_main(*distill_args(), cwd=tmp_path)  # two rounds: 8 -> 4 -> 2 steps
     assert done.returncode == 0, done.stderr
-    _, ckpt = load_checkpoint(tmp_path / "runs" / "ddpm_mnist_distilled4.pt")
-    record = ckpt["config"]["distillation"]
-    assert (record["guidance"], record["guidance_interval"]) == (2.0, [0, 9])  # MNIST's default: t <= 0.45 T
+    # round 1 learns the guided teacher; round 2 its student, whose guidance is built in: guided again, W would
+    # compound (the conditional direction weighted W^2)
+    assert targets == [(4, (2.0, (0, 9)))] * 4 + [(2, None)] * 4
+    for steps in (4, 2):
+        _, ckpt = load_checkpoint(tmp_path / "runs" / f"ddpm_mnist_distilled{steps}.pt")
+        record = ckpt["config"]["distillation"]
+        assert (record["guidance"], record["guidance_interval"]) == (2.0, [0, 9])  # MNIST's default: t <= 0.45 T
     calls: list[dict] = []
     monkeypatch.setattr(main, "sample", lambda *a, **k: calls.append(k) or sample(*a, **k))
     sampled = run_main("--sample", "--checkpoint", "runs/ddpm_mnist_distilled4.pt", "--digit", "3",
@@ -381,6 +437,20 @@ def test_a_class_conditional_teacher_is_distilled_with_its_guidance(teachers, tm
     refused = run_main("--sample", "--checkpoint", "runs/ddpm_mnist_distilled4.pt", "--guidance", "2", cwd=tmp_path)
     assert refused.returncode == 1
     assert "has its teacher's guidance distilled in (guidance 2 at t 0-9); drop them" in refused.stderr
+
+
+def test_resume_refuses_the_raw_weights_of_a_run_that_took_the_ema():
+    """--no-ema on resume would change the first teacher: refused like the other options (--guidance is not
+    an option of --distill: the dataset's is distilled in)."""
+    run = SimpleNamespace(source=str(Path("runs/ddpm_mnist.pt").resolve()), settings=DistillSettings(),
+                          batch_size=64, ema_decay=0.999, record=dict(teacher_weights="ema"))
+    args = parse_args(["--distill", "--checkpoint", "runs/ddpm_mnist.pt", "--resume", "--no-ema"])
+    with pytest.raises(UsageError) as refused:
+        distill.refuse_changes(args, run, Path("runs/ddpm_mnist.pt"))
+    assert str(refused.value) == ("cannot resume the distillation: --no-ema (the run: the teacher's EMA weights); "
+                                  "resume with the run's options")
+    distill.refuse_changes(parse_args(["--distill", "--checkpoint", "runs/ddpm_mnist.pt", "--resume"]), run,
+                           Path("runs/ddpm_mnist.pt"))  # the same options: no refusal
 
 
 def student_at_two_steps(work: Path) -> None:
