@@ -273,8 +273,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     train.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None,
                        help="'none' is Eq. 8 (every time step alike); 'min-snr' weights each image's error by "
                             "min(SNR, gamma)/SNR (Hang et al. 2023); 'min-snr-v' puts these weights on the "
-                            "error of v, Eq. 8's error / abar_t (more weight on the noisiest steps) (default: "
-                            f"{d('loss_weighting')})")
+                            "error of v, Eq. 8's error / abar_t (more weight on the noisiest steps; v-prediction only) "
+                            f"(default: {d('loss_weighting')}; min-snr with --prediction eps)")
     train.add_argument("--snr-gamma", type=positive_float, default=None,
                        help=f"'min-snr', 'min-snr-v': the cap gamma (default: {d('snr_gamma')})")
     train.add_argument("--label-drop", type=unit_interval, default=None,

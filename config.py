@@ -244,13 +244,19 @@ TRAIN_FIELDS = tuple(f.name for f in fields(TrainSettings))
 
 def resolve(given: Mapping[str, Any], dataset: str, recipe: str = "default") -> tuple[ModelSettings, TrainSettings]:
     """The settings of a new run: each option ``given`` (None: not given), else ``recipe``'s value, else the
-    dataset's default recipe (epochs, batch size), else the field's default. ``SettingError`` when out of range."""
+    dataset's default recipe (epochs, batch size), else the field's default (with ``--prediction eps``, the
+    loss weighting's is ``min-snr``). ``SettingError`` when out of range or min-snr-v is asked with eps."""
     if recipe not in RECIPES:
         raise SettingError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     info = dataset_info(dataset)
     chosen = {"epochs": info.epochs, "batch_size": info.batch_size, **RECIPES[recipe]}
     chosen.update({k: v for k, v in given.items() if v is not None})
     model = ModelSettings(**{k: chosen[k] for k in MODEL_FIELDS if k in chosen})
+    if model.prediction == "eps" and chosen.get("loss_weighting", TrainSettings.loss_weighting) == "min-snr-v":
+        if given.get("loss_weighting") is not None:  # the error of v an eps model implies is its error / sqrt(abar_t)
+            raise SettingError("--loss-weighting min-snr-v weights the error of v: with --prediction eps that is the "
+                               "noise error / abar_t, about 10^4 at the noisiest step; use min-snr (or none) with eps")
+        chosen["loss_weighting"] = "min-snr"  # the default's Min-SNR weights, on the error an eps model makes
     train = TrainSettings(**{k: chosen[k] for k in TRAIN_FIELDS if k in chosen})
     return model, train
 

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -169,7 +168,7 @@ def evaluate(diffusion_model: DiffusionModel, test_loader: DataLoader, device: t
     Each batch is one training draw of ``diffusion_model`` (its ``forward``)
     with time steps and noise from a generator seeded with ``seed`` (plus the
     rank under torchrun), so two calls on the same model and loader give the
-    same number, and the global random state is left untouched. Under torchrun
+    same number (the loader itself may draw its base seed from the global random state). Under torchrun
     the sums are all-reduced, so every rank returns the same mean.
     """
     device = torch.device(device) if device is not None else diffusion_model.device
@@ -279,7 +278,7 @@ def training_loop(
     """
     if n_epochs < 1:
         raise ValueError(f"n_epochs must be >= 1, got {n_epochs}")
-    loss_fn = loss_fn or functools.partial(diffusion_loss, state.model)
+    loss_fn = loss_fn or (lambda x0, y=None: diffusion_loss(state.model, x0, y=y))  # labels by name, not as gamma
     best_loss = min(state.history["val_loss"], default=float("inf"))
     for epoch in progress_bar(range(state.epoch, n_epochs), desc="Training progress", colour="#00ff00",
                               initial=state.epoch, total=n_epochs):

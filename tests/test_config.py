@@ -17,6 +17,17 @@ def test_resolution_order_given_then_recipe_then_dataset_then_field():
     assert net == dict(n_steps=1000, time_emb_dim=100, image_size=64, in_channels=1, arch="paper")
 
 
+def test_an_eps_model_takes_min_snr_and_refuses_min_snr_v():
+    """min-snr-v (the default, for v) weights an eps model's error by 1 / abar_t on top: refused when asked for,
+    and an eps run that does not name its weighting gets Min-SNR on its own error."""
+    assert resolve({"prediction": "eps"}, "mnist")[1].loss_weighting == "min-snr"
+    assert resolve({"prediction": "eps", "loss_weighting": "none"}, "mnist")[1].loss_weighting == "none"
+    assert resolve({}, "mnist")[1].loss_weighting == "min-snr-v"  # v-prediction: unchanged
+    assert resolve({}, "mnist", "paper")[1].loss_weighting == "none"
+    with pytest.raises(SettingError, match="with --prediction eps that is the noise error / abar_t"):
+        resolve({"prediction": "eps", "loss_weighting": "min-snr-v"}, "mnist")
+
+
 def test_resattn_takes_the_datasets_width_and_patches_unless_given():
     assert ModelSettings().network_config("persian")["base_channels"] == 48
     assert ModelSettings().network_config("persian")["patch_size"] == 4

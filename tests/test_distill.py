@@ -8,6 +8,7 @@ tiny models of the other tests: T = 20, 28x28 images, the paper's `fixed` UNet.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -437,6 +438,18 @@ def test_a_class_conditional_teacher_is_distilled_with_its_guidance(teachers, tm
     refused = run_main("--sample", "--checkpoint", "runs/ddpm_mnist_distilled4.pt", "--guidance", "2", cwd=tmp_path)
     assert refused.returncode == 1
     assert "has its teacher's guidance distilled in (guidance 2 at t 0-9); drop them" in refused.stderr
+    for checkpoint, guidance, name in (("runs/ddpm_mnist.pt", (2.0, (0, 9)), "ddpm20_w2_t0-9"),
+                                       ("runs/ddpm_mnist_distilled4.pt", (1.0, None), "distilled4_w1")):
+        scored = run_main("--evaluate", "--checkpoint", checkpoint, "--n-samples", "10", "--data-root", "data",
+                          cwd=tmp_path)  # the teacher guided by MNIST's default, the student with it built in
+        assert scored.returncode == 0, scored.stderr
+        assert (calls[-1]["guidance"], calls[-1]["guidance_interval"]) == guidance
+        assert calls[-1]["labels"].tolist() == list(range(10))  # one image per digit
+        report = json.loads((tmp_path / "runs" / f"quality_mnist_{name}.json").read_text())
+        accuracy = report["requested_digit_accuracy"]
+        assert all(a in (0.0, 1.0) for a in accuracy["per_class"])  # one image per digit: read right or not
+        assert accuracy["overall"] == pytest.approx(sum(accuracy["per_class"]) / 10)
+        assert report["guidance"] == guidance[0] and len(accuracy["real_validation_per_class"]) == 10
 
 
 def test_resume_refuses_the_raw_weights_of_a_run_that_took_the_ema():

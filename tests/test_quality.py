@@ -235,6 +235,34 @@ def test_unbiased_mmd2_by_hand():
         quality.kernel_distance(torch.eye(3)[:, :2], b[:1])
 
 
+def test_unbiased_mmd2_divides_by_the_feature_dimension_not_the_count():
+    """3 and 2 points in d = 1, k(x, y) = (x y + 1)^3: within a the pairs (1, 2), (1, 0), (2, 0) give 27, 1, 1
+    (mean 29 / 3), within b (1, -1) gives 0, the cross pairs 8, 0, 27, -1, 1, 1 (mean 6): 29/3 - 12 = -7/3.
+    A kernel over the number of points (3) instead of d would give another value."""
+    a, b = torch.tensor([[1.0], [2.0], [0.0]]), torch.tensor([[1.0], [-1.0]])
+    assert quality.mmd2_unbiased(a, b) == pytest.approx(-7 / 3)
+
+
+class PixelJudge(torch.nn.Module):
+    """A stand-in judge that reads an image's class from which of its first ten pixels is lit."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10]
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return 10 * features
+
+
+def test_requested_digit_accuracy_by_hand():
+    """Asked for 3, 3, 7, 7, 1 and read as 3, 2, 7, 7, 5: 3 of 5 overall, 3: 1/2, 7: 2/2, 1: 0/1, others None."""
+    samples = -torch.ones(5, 1, 28, 28)
+    for i, judged in enumerate((3, 2, 7, 7, 5)):
+        samples[i, 0, 0, judged] = 1.0
+    got = quality.requested_digit_accuracy(PixelJudge(), samples, torch.tensor([3, 3, 7, 7, 1]), "cpu")
+    assert got["overall"] == pytest.approx(0.6)
+    assert got["per_class"] == [None, 0.0, None, 0.5, None, None, None, 1.0, None, None]
+
+
 def test_kernel_distance_is_unbiased_on_gaussians():
     """Two samples of one Gaussian: the unbiased estimate averages to 0 over independent draws, the
     biased one is clearly positive at every draw; two different Gaussians are clearly apart."""

@@ -16,6 +16,7 @@ from samplers import make_sampler
 from utils import TrainState
 from diffusion_model import DiffusionModel
 from ema import EMA
+from unet import make_unet
 
 
 def tiny_loader(n: int = 12, batch_size: int = 4, seed: int = 0) -> DataLoader:
@@ -64,6 +65,21 @@ def test_training_loop_learns_and_keeps_best_by_validation(tmp_path, monkeypatch
     assert saves == [("best.pt", 1), ("best_last.pt", 1), ("best.pt", 2), ("best_last.pt", 2), ("best_last.pt", 3)]
     assert state.epoch == 3 and state.batch == 0
     assert imageio.imread(tmp_path / "loss.png").ndim == 3
+
+
+def test_training_loop_gives_a_class_conditional_model_its_labels_by_default(tmp_path, monkeypatch):
+    """The default loss takes the loader's labels as labels (not as the Min-SNR gamma, its next parameter)."""
+    torch.manual_seed(0)
+    ddpm = DiffusionModel(make_unet(arch="fixed", n_steps=10, image_size=28, num_classes=10), timesteps=10)
+    seen: list[torch.Tensor] = []
+    forward = ddpm.forward
+    monkeypatch.setattr(ddpm, "forward", lambda x_0, *a, y=None, **k: seen.append(y) or forward(x_0, *a, y=y, **k))
+    loader = DataLoader(TensorDataset(torch.rand(8, 1, 28, 28) * 2 - 1, torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])),
+                        batch_size=4)
+    state = TrainState(ddpm, torch.optim.Adam(ddpm.parameters(), lr=1e-3))
+    history = utils.training_loop(state, loader, loader, 1)
+    assert np.isfinite(history["train_loss"][0])
+    assert [y.tolist() for y in seen[:2]] == [[3, 1, 4, 1], [5, 9, 2, 6]]  # the two training batches
 
 
 def test_training_loop_reduces_the_loss_and_steps_the_scheduler():
