@@ -2,23 +2,28 @@
 
 ``main.py`` holds the flow (data -> training -> samples -> scores -> figures);
 this module holds what a user may ask for and the one-line refusals of
-nonsense, so that every default and every check of an option sits beside it.
+nonsense, so that every default and every check of an option sits beside it (the
+types that parse one option's text are ``option_types.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
-from config import (ARCHITECTURES, BETA_SCHEDULES, DATASETS, DEFAULT_DATASET, LIMITS, LOSS_WEIGHTINGS,
+from config import (ARCHITECTURES, BETA_SCHEDULES, DATASETS, DEFAULT_DATASET, LOSS_WEIGHTINGS,
                     LR_SCHEDULES, MODEL_FIELDS, PREDICTIONS, RECIPES, TRAIN_FIELDS, DistillSettings, ModelSettings,
                     SettingError, TrainSettings, resolve)
 from diffusion_model import CLIP_MODES, VARIANCES
-from fastpath import PARTS, RECOMMENDED, describe, parse_parts
+from fastpath import PARTS, RECOMMENDED, describe
 from figures import DISPLAY_MODES
+from option_types import (bounded_int, digit_list, fast_parts, non_negative_float, non_negative_int,
+                          open_unit_interval, per_round, positive_float, positive_int, power_of_two, seed_value,
+                          step_interval, unit_interval)
 from persian_files import ZIP_MAX_BYTES, ZIP_MAX_RATIO
 from samplers import DEFAULT_SAMPLE_BATCH, SAMPLERS, STEP_SCHEDULES
+
+GIF_MAX_IMAGES = 1024  # --gif keeps every frame of every image in memory: a 32 x 32 grid at most
 
 # The sampler options of the command line, as the sampler classes name them (``Sampler.options``).
 SAMPLER_FLAGS = {"variance": "--reverse-variance", "step_schedule": "--step-schedule", "eta": "--eta"}
@@ -54,100 +59,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 class UsageError(Exception):
     """A problem with the user's request; its message is printed as one line."""
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < math.inf:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < math.inf:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
-    return value
-
-
-def open_unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
-    return value
-
-
-def digit_list(text: str) -> list[int]:
-    """argparse type of --digit: ``"3"`` or ``"3,3,7"``, each a digit 0-9."""
-    parts = [p.strip() for p in text.split(",")]
-    if not parts or not all(p.isdigit() and 0 <= int(p) <= 9 for p in parts):
-        raise argparse.ArgumentTypeError(f"must be digits 0-9 separated by commas, got {text!r}")
-    return [int(p) for p in parts]
-
-
-def step_interval(text: str) -> tuple[int, int]:
-    """argparse type of --guidance-interval: ``"LO,HI"``, two time steps with 0 <= LO <= HI."""
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) > int(parts[1]):
-        raise argparse.ArgumentTypeError(f"must be two time steps LO,HI with 0 <= LO <= HI, got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
-def power_of_two(text: str) -> int:
-    """argparse type of --distill-steps and --distill-start: 1, 2, 4, 8, ..."""
-    value = int(text)
-    if value < 1 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"must be a power of two (each round halves the steps), e.g. 64, got {text}")
-    return value
-
-
-def per_round(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
-    """argparse type of --distill-updates and --distill-lr: ``"1800"`` (every round) or ``"2000,2000,1500"``."""
-    parse = lambda text: tuple(kind(part.strip()) for part in text.split(","))  # noqa: E731
-    parse.__name__ = "list"  # argparse's "invalid list value: 'x'"
-    return parse
-
-
-def bounded_int(name: str) -> Callable[[str], int]:
-    """argparse type of a size: an integer in 1..``config.LIMITS[name]`` (a checkpoint is held to the same)."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if not 1 <= value <= LIMITS[name]:
-            raise argparse.ArgumentTypeError(f"must be an integer in 1..{LIMITS[name]}, got {text}")
-        return value
-
-    parse.__name__ = "integer"  # argparse's "invalid integer value: '1e9'"
-    return parse
-
-
-def fast_parts(text: str) -> frozenset[str]:
-    """argparse type of --fast-parts: a comma-separated list of ``fastpath.PARTS``."""
-    try:
-        return parse_parts(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,10 +123,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model and diffusion schedule (training; sampling reads them from the checkpoint; "
                                  "every default is config.ModelSettings')")
     m = lambda name: _default(ModelSettings, name)  # noqa: E731
-    model.add_argument("--recipe", choices=tuple(RECIPES), default="default",
-                       help="'default': the package's measured recipe; 'paper': the paper's own (Figure 11's network, "
-                            "noise prediction, Figure 12's StepLR, batches of 128, no EMA, no loss weighting, "
-                            "10 epochs); any option below still overrides its part")
+    model.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                       help="'default' (the default): the package's measured recipe; 'paper': the paper's own (Figure "
+                            "11's network, noise prediction, Figure 12's StepLR, batches of 128, no EMA, no loss "
+                            "weighting, 10 epochs); any option below still overrides its part; --resume: the run's")
     model.add_argument("--timesteps", type=bounded_int("timesteps"), default=None,
                        help=f"number of diffusion steps T (default: {m('timesteps')})")
     model.add_argument("--beta-start", type=open_unit_interval, default=None,
@@ -306,7 +217,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                       help="checkpoint to write (--train) and read (--sample); default: OUT_DIR/ddpm_DATASET.pt; "
                            "to sample, the one checkpoint in --out-dir")
     samp.add_argument("--n-samples", type=bounded_int("n_samples"), default=16, help="images to generate")
-    samp.add_argument("--gif", default=None, help="also write the reverse process as a GIF to this path")
+    samp.add_argument("--gif", default=None, help="also write the reverse process as a GIF to this path "
+                                                  f"(a name ending in .gif; at most {GIF_MAX_IMAGES} images)")
     samp.add_argument("--frames-per-gif", type=positive_int, default=100, help="frames of the GIF before the hold")
     samp.add_argument("--sampler", choices=tuple(SAMPLERS), default=None,
                       help="'ddpm' is Algorithm 2 (every step, the default); 'ddim' is Song et al. (2021) and "
@@ -383,7 +295,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--out-dir", default="runs", help="folder for checkpoints, figures and sample grids")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="'auto' uses CUDA when available")
-    run.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same run on CPU")
+    run.add_argument("--seed", type=seed_value, default=None,
+                     help="random seed (default 0; --resume: the run's): the same seed gives the same run on CPU")
     run.add_argument("--quiet", action="store_true", help="log warnings and errors only, no progress bars")
 
 
@@ -395,6 +308,11 @@ def settings_given(args: argparse.Namespace) -> dict[str, Any]:
 def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
     """The sampler options on the command line (None: not given), as ``samplers.make_sampler`` takes them."""
     return dict(clip_x0=args.clip_x0, **{name: getattr(args, name) for name in SAMPLER_FLAGS})
+
+
+def seed_of(args: argparse.Namespace) -> int:
+    """--seed, else 0 (a resumed training keeps its run's seed: ``config.changed_settings`` compares a given one)."""
+    return 0 if args.seed is None else args.seed
 
 
 def dataset_of(args: argparse.Namespace) -> str | None:
@@ -427,13 +345,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--beta-end ({args.beta_end}) must be larger than --beta-start ({args.beta_start})")
     if (args.class_cond or args.label_drop is not None) and not args.train:
         parser.error("--class-cond and --label-drop need --train")
-    if args.recipe != "default" and (not args.train or args.resume):
-        parser.error("--recipe needs --train without --resume (a run keeps its recipe)")
+    if args.recipe is not None and not args.train:
+        parser.error("--recipe needs --train")
     if (args.digit is not None or args.guidance is not None or args.guidance_interval is not None) \
             and not (args.sample or args.evaluate):
         parser.error("--digit, --guidance and --guidance-interval need --sample or --evaluate")
     if args.gif is not None and not args.sample:
         parser.error("--gif needs --sample")
+    if args.gif is not None and not args.gif.lower().endswith(".gif"):
+        parser.error(f"--gif writes a GIF: give a file name ending in .gif, got {args.gif!r}")
+    if args.gif is not None and args.n_samples > GIF_MAX_IMAGES:  # every frame holds every image (float32)
+        parser.error(f"--gif tiles every image into each frame: give --n-samples <= {GIF_MAX_IMAGES} with it, "
+                     f"got {args.n_samples}")
     if args.resume and not (args.train or args.distill):
         parser.error("--resume needs --train or --distill")
     if (args.fast or args.fast_parts is not None) and not args.train:

@@ -242,10 +242,11 @@ MODEL_FIELDS = tuple(f.name for f in fields(ModelSettings))
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainSettings))
 
 
-def resolve(given: Mapping[str, Any], dataset: str, recipe: str = "default") -> tuple[ModelSettings, TrainSettings]:
-    """The settings of a new run: each option ``given`` (None: not given), else ``recipe``'s value, else the
+def resolve(given: Mapping[str, Any], dataset: str, recipe: str | None = None) -> tuple[ModelSettings, TrainSettings]:
+    """The settings of a new run: each option ``given`` (None: not given), else ``recipe``'s (None: 'default'), else the
     dataset's default recipe (epochs, batch size), else the field's default (with ``--prediction eps``, the
     loss weighting's is ``min-snr``). ``SettingError`` when out of range or min-snr-v is asked with eps."""
+    recipe = recipe or "default"
     if recipe not in RECIPES:
         raise SettingError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     info = dataset_info(dataset)

@@ -40,7 +40,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 import distributed
 from checkpoint import load_checkpoint, load_for_sampling, save_checkpoint
-from cli import UsageError
+from cli import UsageError, seed_of
 from config import DistillSettings, SettingError, dataset_info, run_settings
 from diffusion_model import DiffusionModel
 from distributed import progress_bar
@@ -394,7 +394,7 @@ def distill_rounds(args: argparse.Namespace, run: DistillRun, device: torch.devi
     """The rounds left in ``run``: the updates of each (a progress bar), then its student saved and logged."""
     rounds = run.settings.rounds()
     train_loader, _ = load_data(args, device, run.config["dataset"],
-                                seed=run.train_args.get("seed", args.seed))  # the teacher's training split
+                                seed=run.train_args.get("seed", seed_of(args)))  # the teacher's training split
     images, labels = (tensor.to(device) for tensor in stack_dataset(train_loader.dataset))
     updates = [run.settings.of_round(i)[0] for i in range(len(rounds))]
     log.info("Distilling %s (%s weights%s) on %s, %d training images: %d round(s), %s steps, %s updates at "

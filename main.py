@@ -27,8 +27,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import distributed
 from checkpoint import CheckpointError, build_model, find_checkpoint, load_for_sampling, refuse_to_replace
-from cli import UsageError, dataset_of, parse_args, settings_given
-from config import DEFAULT_DATASET, ModelSettings, dataset_info, resolve, run_settings
+from cli import UsageError, dataset_of, parse_args, seed_of, settings_given
+from config import DEFAULT_DATASET, ModelSettings, SettingError, dataset_info, resolve, run_settings
 from Dataset import DatasetError
 from diffusion_model import DiffusionModel
 from distill import distill_run
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
                   else distributed.resolve_device(args.device))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    torch.manual_seed(args.seed + distributed.rank())  # different noise on each rank, reproducibly
+    torch.manual_seed(seed_of(args) + distributed.rank())  # different noise on each rank, reproducibly
     out_dir = Path(args.out_dir)
     checkpoint = checkpoint_path(args, out_dir)
     if args.distill:  # progressive distillation of the checkpoint (distill.py), alone
@@ -143,7 +143,7 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
     """Build (or, with --resume, reload) the model and run the training loop of Figure 12."""
     if args.resume:
         try:
-            ddpm, saved, used = resume_point(checkpoint, device, args.dataset, settings_given(args))
+            ddpm, saved, used = resume_point(checkpoint, device, args.dataset, settings_given(args), args.recipe)
         except ResumeRefused as exc:
             raise UsageError(str(exc)) from None
         dataset, (_, settings) = saved["config"]["dataset"], run_settings(saved)
@@ -173,7 +173,7 @@ def train(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_
                                          epochs=epochs, warmup_steps=settings.warmup_steps,
                                          lr_step=settings.lr_step, lr_gamma=settings.lr_gamma)
     train_args = dict(settings.record(), epochs=epochs, world_size=distributed.world_size(), fast_parts=sorted(parts),
-                      recipe=saved["train_args"].get("recipe", "default") if saved else args.recipe)
+                      recipe=saved["train_args"].get("recipe", "default") if saved else args.recipe or "default")
     state = TrainState(ddpm, optimizer, scheduler, scheduler_per_step=per_step, model=model, dataset=dataset,
                        ema=EMA(ddpm.backward_process_model, settings.ema_decay) if settings.ema_decay > 0 else None,
                        train_args=train_args)
@@ -224,14 +224,12 @@ def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     n_samples = args.n_samples if labels is None else len(labels)
     guidance, interval = guidance_of(args, ddpm, dataset, ckpt)
     grid_path = ensure_writable(out_dir / f"samples_{dataset}.png")
-    gif = ensure_writable(Path(args.gif)) if args.gif else None
-    if gif is not None and gif.resolve() == grid_path.resolve():
-        raise UsageError(f"--gif {args.gif} is where the sample grid goes: give the GIF another name")
+    gif = ensure_writable(Path(args.gif)) if args.gif else None  # a .gif (cli.py), never the grid's .png
     log.info("Sampling %d images from %s (%s, T=%d, %s%s) on %s", n_samples, used, dataset, ddpm.timesteps,
              sampler.name, "" if labels is None else f", {describe_guidance(guidance, interval)}", device)
     start = time.perf_counter()
-    drawn = sample(ddpm, n_samples, device, sampler=sampler, seed=args.seed, labels=labels, guidance=guidance,
-                   guidance_interval=interval, frames_per_gif=args.frames_per_gif if gif else 0,
+    drawn = sample(ddpm, n_samples, device, sampler=sampler, seed=seed_of(args), labels=labels,
+                   guidance=guidance, guidance_interval=interval, frames_per_gif=args.frames_per_gif if gif else 0,
                    batch_size=args.sample_batch)
     seconds = time.perf_counter() - start  # the drawing alone, not the writing of the figures
     if gif is not None:
@@ -243,7 +241,7 @@ def sample_images(args: argparse.Namespace, device: torch.device, checkpoint: Pa
 def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Path, out_dir: Path) -> None:
     """--evaluate: score --n-samples generated images with the offline judge; print the table, save JSON."""
     ddpm, ckpt, sampler, used = open_model(args, device, checkpoint)
-    dataset = ckpt["config"]["dataset"]
+    dataset, seed = ckpt["config"]["dataset"], seed_of(args)
     labels, _ = requested_labels(args, ddpm, used)  # a conditional model: every digit alike, or --digit's
     n = args.n_samples if labels is None else len(labels)
     guidance, interval = guidance_of(args, ddpm, dataset, ckpt) if labels is not None else (None, None)
@@ -253,7 +251,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     if n <= 128:
         log.warning("--n-samples %d is not above the judge's 128 features: the Frechet distance is unreliable", n)
     # The validation set must be the one the model did not train on: the split seed of the training run.
-    split_seed = ckpt.get("train_args", {}).get("seed", args.seed)
+    split_seed = ckpt.get("train_args", {}).get("seed", seed)
     train_loader, val_loader = load_data(args, device, dataset, seed=split_seed)
     if n > len(train_loader.dataset):
         raise UsageError(f"--n-samples {n} is more than the {len(train_loader.dataset)} training images")
@@ -262,7 +260,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     val_features, _ = judge_outputs(judge, val_loader, device)
     real = torch.stack([train_loader.dataset[i][0] for i in range(n)])
     start = time.perf_counter()
-    samples = sample(ddpm, n, device, sampler=sampler, seed=args.seed, labels=labels, batch_size=args.sample_batch,
+    samples = sample(ddpm, n, device, sampler=sampler, seed=seed, labels=labels, batch_size=args.sample_batch,
                      guidance=1.0 if guidance is None else guidance, guidance_interval=interval).images
     seconds = time.perf_counter() - start
     steps = len(sampler.timesteps())
@@ -275,7 +273,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
             f"{name}: {' '.join(map(str, row['mostly_white_classes']))}" for name, row in rows.items()))
     report = dict(checkpoint=str(used), dataset=dataset, ema=not args.no_ema and "ema" in ckpt,
                   arch=ddpm.backward_process_model.config["arch"], sampler=sampler.settings(),
-                  steps=steps, seed=args.seed, sampling_seconds=seconds,
+                  steps=steps, seed=seed, sampling_seconds=seconds,
                   judge_accuracy=judge_accuracy, rows=rows)
     if labels is not None:
         accuracy = requested_digit_accuracy(judge, samples, labels, device)
@@ -286,7 +284,7 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
                    for key in ("per_class", "real_validation_per_class")))
         report.update(guidance=guidance, guidance_interval=interval, requested_digit_accuracy=accuracy)
     if args.bpd_images > 0:
-        report["likelihood_bound"] = bits_per_dim(ddpm, val_loader, args.bpd_images, seed=args.seed)
+        report["likelihood_bound"] = bits_per_dim(ddpm, val_loader, args.bpd_images, seed=seed)
         log.info("Variational bound (Ho et al. Eq. 5) on %d validation images: %.4f bits/dim", args.bpd_images,
                  report["likelihood_bound"]["bits_per_dim"])
     write_json(report_path, report)
@@ -299,8 +297,11 @@ def score_samples(args: argparse.Namespace, device: torch.device, checkpoint: Pa
 def draw_figures(args: argparse.Namespace, device: torch.device, out_dir: Path) -> None:
     """The paper's data and forward-process figures (Figures 2/5, 7/8 and 9)."""
     dataset = dataset_of(args)
-    model = ModelSettings(**{k: v for k, v in settings_given(args).items()
-                             if k in ("timesteps", "beta_start", "beta_end", "time_emb_dim") and v is not None})
+    try:
+        model = ModelSettings(**{k: v for k, v in settings_given(args).items()
+                                 if k in ("timesteps", "beta_start", "beta_end", "time_emb_dim") and v is not None})
+    except SettingError as exc:
+        raise UsageError(str(exc)) from None
     train_loader, val_loader = load_data(args, device, dataset)
     samples_path = out_dir / f"dataset_samples_{dataset}.png"
     save_dataset_samples(train_loader, val_loader, samples_path)
@@ -309,7 +310,7 @@ def draw_figures(args: argparse.Namespace, device: torch.device, out_dir: Path) 
                           image_chw=(1, size, size))
     images = torch.stack([train_loader.dataset[i][0] for i in range(4)])
     forward_path = out_dir / f"forward_process_{dataset}.png"
-    save_forward_process(ddpm, images, forward_path, seed=args.seed)
+    save_forward_process(ddpm, images, forward_path, seed=seed_of(args))
     embedding_path = out_dir / "positional_encoding_64.png"
     save_embedding_matrix(embedding_path, n=64, d=model.time_emb_dim)
     log.info("Figures: %s, %s, %s", samples_path, forward_path, embedding_path)
@@ -321,11 +322,12 @@ def draw_figures(args: argparse.Namespace, device: torch.device, out_dir: Path) 
 def checkpoint_path(args: argparse.Namespace, out_dir: Path) -> Path:
     """--checkpoint, else ``OUT_DIR/ddpm_<dataset>.pt``; without --dataset, the one run in --out-dir.
 
-    (A new training without --dataset trains the default dataset.)
+    (A new training, or --figures alone, without --dataset: the default dataset.)
     """
     if args.checkpoint:
         return Path(args.checkpoint)
-    if args.dataset or (args.train and not args.resume):
+    figures_only = not (args.train or args.sample or args.evaluate or args.export or args.distill)
+    if args.dataset or (args.train and not args.resume) or figures_only:
         return out_dir / f"ddpm_{args.dataset or DEFAULT_DATASET}.pt"
     return find_checkpoint(out_dir)
 

@@ -28,11 +28,11 @@ class ResumeRefused(Exception):
     """The run cannot go on as asked; the message is one line for users."""
 
 
-def resume_point(checkpoint: Path, device: torch.device, dataset: str | None,
-                 given: Mapping[str, Any]) -> tuple[DiffusionModel, dict[str, Any], Path]:
+def resume_point(checkpoint: Path, device: torch.device, dataset: str | None, given: Mapping[str, Any],
+                 recipe: str | None = None) -> tuple[DiffusionModel, dict[str, Any], Path]:
     """The model, checkpoint dict and file that --resume continues: ``checkpoint``'s ``_last`` file, else it.
 
-    ``dataset`` (None: any) and the options ``given`` (None: not given) must match
+    ``dataset``, ``recipe`` (None: any) and the options ``given`` (None: not given) must match
     the run's; else ``ResumeRefused`` lists every difference. A corrupt ``_last``
     beside a readable best checkpoint is refused with the file to move away.
     """
@@ -57,6 +57,9 @@ def resume_point(checkpoint: Path, device: torch.device, dataset: str | None,
         changed = changed_settings(ckpt, given)
     except SettingError as exc:
         raise CheckpointError(f"{used} records settings this package refuses: {exc}") from None
+    run_recipe = ckpt.get("train_args", {}).get("recipe", "default")
+    if recipe not in (None, run_recipe):
+        changed.insert(0, f"--recipe {recipe} (the run: {run_recipe})")
     if changed:
         raise ResumeRefused(f"cannot resume {used}: {', '.join(changed)}; resume with the run's settings, or "
                             "train a new run into another --out-dir")

@@ -170,8 +170,8 @@ class DDIMSampler(_SkippingSampler):
     def __init__(self, ddpm: DiffusionModel, steps: int | None = None, *, clip_x0: str | None = None,
                  step_schedule: str = "uniform", eta: float = 0.0) -> None:
         super().__init__(ddpm, steps, clip_x0=clip_x0, step_schedule=step_schedule)
-        if not eta >= 0:
-            raise ValueError(f"the DDIM noise scale eta must be >= 0, got {eta}")
+        if not 0 <= eta <= 1:  # Song et al. define eta in [0, 1]; above 1, sigma_t^2 outgrows 1 - abar_{t-1}
+            raise ValueError(f"the DDIM noise scale eta must lie in [0, 1], got {eta}")
         self.eta = eta
 
     def step(self, x: torch.Tensor, t: int, t_prev: int, eps: torch.Tensor, noise: Noise) -> torch.Tensor:

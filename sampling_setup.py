@@ -19,7 +19,7 @@ import torch
 
 import distributed
 from checkpoint import CheckpointError, checkpoints_in, load_for_sampling
-from cli import UsageError, sampler_options
+from cli import UsageError, sampler_options, seed_of
 from config import DATA_BATCH_SIZE, DEFAULT_DATASET, dataset_info
 from Dataset import get_data_loaders
 from diffusion_model import DiffusionModel
@@ -32,7 +32,7 @@ log = logging.getLogger("ddpm")
 def load_data(args: argparse.Namespace, device: torch.device, dataset: str, batch_size: int = DATA_BATCH_SIZE,
               seed: int | None = None):
     """Train and validation loaders of ``dataset`` with the CLI's data options (split by ``seed``, else --seed)."""
-    return get_data_loaders(dataset, batch_size, args.data_root, seed=args.seed if seed is None else seed,
+    return get_data_loaders(dataset, batch_size, args.data_root, seed=seed_of(args) if seed is None else seed,
                             rank=distributed.rank(), world_size=distributed.world_size(),
                             num_workers=args.num_workers, device=device, persian_zip=args.persian_zip,
                             extract_dir=args.extract_dir, skip_bad_files=args.skip_bad_files,
@@ -87,10 +87,11 @@ def open_model(args: argparse.Namespace, device: torch.device,
 
 def requested_labels(args: argparse.Namespace, ddpm: DiffusionModel, used: Path) -> tuple[torch.Tensor | None, int | None]:
     """--sample's labels and images per grid row (``samplers.class_labels``); None, None when unconditional.
-    --digit or --guidance-interval with an unconditional checkpoint is a ``UsageError``."""
+    --digit, --guidance or --guidance-interval with an unconditional checkpoint is a ``UsageError``."""
     if ddpm.num_classes:
         return class_labels(args.n_samples, ddpm.num_classes, args.digit)
-    for flag, value in (("--digit", args.digit), ("--guidance-interval", args.guidance_interval)):
+    for flag, value in (("--digit", args.digit), ("--guidance", args.guidance),
+                        ("--guidance-interval", args.guidance_interval)):
         if value is not None:
             raise UsageError(f"{flag} needs a class-conditional checkpoint; {used} is unconditional "
                              "(train one with --class-cond)")

@@ -171,9 +171,13 @@ def test_a_corrupt_last_beside_a_good_best_says_which_file_to_move(trained, run_
 # --------------------------------------------------------------------------- the small refusals
 
 
-def test_a_gif_where_the_grid_goes_is_refused(trained, run_main):
-    line = one_error_line(run_main("--sample", "--gif", "runs/samples_mnist.png", cwd=trained))
-    assert "--gif runs/samples_mnist.png is where the sample grid goes" in line
+def test_a_gif_over_the_grid_or_the_checkpoint_is_refused(trained, run_main):
+    before = (trained / "runs" / "ddpm_mnist.pt").read_bytes()
+    for name in ("runs/samples_mnist.png", "runs/ddpm_mnist.pt"):
+        result = run_main("--sample", "--gif", name, cwd=trained)  # refused by the parser: exit 2, one line
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+            f"main.py: error: --gif writes a GIF: give a file name ending in .gif, got '{name}' (see main.py --help)"]
+    assert (trained / "runs" / "ddpm_mnist.pt").read_bytes() == before
 
 
 def test_another_dataset_than_the_checkpoints_is_refused(trained, run_main):

@@ -80,6 +80,17 @@ def test_figures(trained, run_main):
         assert Image.open(work / "runs" / name).size[0] > 100, name
 
 
+def test_figures_alone_need_no_run_and_refuse_a_bad_schedule_in_one_line(tmp_path, run_main):
+    make_mnist(tmp_path / "data", n_train=8, n_test=4)
+    result = run_main("--figures", "--data-root", "data", "--device", "cpu", cwd=tmp_path)  # no runs/, no --dataset
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs" / "forward_process_mnist.png").is_file()
+    bad = run_main("--figures", "--beta-start", "0.05", "--data-root", "data", cwd=tmp_path)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == \
+        "main.py: error: --beta-end (0.02) must be larger than --beta-start (0.05)"
+
+
 def test_user_errors_are_one_line_without_traceback(trained, tmp_path, run_main):
     work, _ = trained
     missing = run_main("--sample", cwd=tmp_path)
@@ -116,6 +127,11 @@ def test_user_errors_are_one_line_without_traceback(trained, tmp_path, run_main)
         (["--dataset", "cifar", "--train"], "invalid choice: 'cifar'"),
         ([], "nothing to do"),
         (["--gif", "x.gif", "--train"], "--gif needs --sample"),
+        (["--sample", "--gif", "out.png"], "--gif writes a GIF: give a file name ending in .gif, got 'out.png'"),
+        (["--sample", "--gif", "x.gif", "--n-samples", "5000"],
+         "--gif tiles every image into each frame: give --n-samples <= 1024 with it, got 5000"),
+        (["--sample", "--seed", "-1"], "--seed: must be an integer in 0..4294967295, got -1"),
+        (["--train", "--seed", "4294967296"], "--seed: must be an integer in 0..4294967295, got 4294967296"),
         (["--resume", "--sample"], "--resume needs --train"),
         (["--sample", "--eta", "1"], "--eta needs --sampler ddim"),
         (["--sample", "--bpd-images", "5"], "need --evaluate"),

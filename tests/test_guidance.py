@@ -210,6 +210,8 @@ def test_guidance_defaults_by_dataset():
     (["--sample", "--guidance-interval", "100"], 2, "argument --guidance-interval: must be two time steps"),
     (["--train", "--guidance-interval", "1,2"], 2, "--guidance-interval need --sample or --evaluate"),
     (["--sample", "--guidance-interval", "1,2"], 1, "--guidance-interval needs a class-conditional checkpoint"),
+    (["--sample", "--guidance", "2"], 1, "--guidance needs a class-conditional checkpoint"),
+    (["--evaluate", "--guidance", "2"], 1, "--guidance needs a class-conditional checkpoint"),
 ])
 def test_bad_guidance_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, code, message):
     monkeypatch.chdir(tmp_path)

@@ -262,7 +262,7 @@ def test_help_shows_each_default_once_and_none_for_switches():
         assert shown.count("default") <= 1, action.option_strings
         if action.nargs == 0:  # a switch
             assert "default" not in shown, action.option_strings
-    assert "--seed SEED" in text and "(default: 0)" in text
+    assert "--seed SEED" in text and "random seed (default 0; --resume: the run's)" in " ".join(text.split())
 
 
 def test_dataset_errors_name_the_flag(work, run_main):

@@ -97,17 +97,24 @@ def test_resume_with_other_settings_is_refused(data, capsys):
     assert "--prediction eps (the run: v)" in capsys.readouterr().err
     assert cli.main(train_args(data / "run", 2, "--resume", "--schedule-shift", "2")) == 1
     assert "--schedule-shift 2.0 (the run: 1.0)" in capsys.readouterr().err
+    args = train_args(data / "run", 2, "--resume")
+    args[args.index("--seed") + 1] = "0"  # the default, given: it differs from the run's 3
+    assert cli.main(args) == 1
+    assert "--seed 0 (the run: 3)" in capsys.readouterr().err
+    assert cli.main(train_args(data / "run", 2, "--resume", "--recipe", "paper")) == 1
+    assert "cannot resume" in (err := capsys.readouterr().err) and "--recipe paper (the run: default)" in err
 
 
 def test_resume_keeps_the_runs_prediction_loss_weighting_and_batch_size(data):
-    """Options left out on --resume take the run's values, not today's defaults."""
+    """Options left out on --resume (--seed too) take the run's values, not today's defaults."""
     assert cli.main(train_args(data / "run", 1, "--prediction", "v", "--loss-weighting", "min-snr-v")) == 0
-    resume = train_args(data / "run", 2, "--resume")
+    resume = train_args(data / "run", 2, "--resume", "--recipe", "default")  # the run's recipe, given again
     del resume[resume.index("--batch-size"):resume.index("--batch-size") + 2]  # the run's 8, not MNIST's 64
+    del resume[resume.index("--seed"):resume.index("--seed") + 2]  # the run's 3, not the default 0
     assert cli.main(resume) == 0
     _, ckpt = final_state(data / "run")
     assert ckpt["train_args"]["loss_weighting"] == "min-snr-v" and ckpt["config"]["prediction"] == "v"
-    assert ckpt["train_args"]["batch_size"] == 8
+    assert ckpt["train_args"]["batch_size"] == 8 and ckpt["train_args"]["seed"] == 3
     assert len(ckpt["history"]["train_loss"]) == 2
 
 

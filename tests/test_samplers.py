@@ -214,12 +214,19 @@ def test_sample_with_every_sampler_and_option_and_refusals():
         assert out.shape == (3, 1, 4, 4) and torch.isfinite(out).all()
         outs[(sampler, tuple(kw.items()))] = out
     assert len({o.sum().item() for o in outs.values()}) == len(outs)  # every option changed the result
+    none = dict(clip_x0="none")  # each DDPM option alone changes the draw (a sampler that dropped one would not)
+    plain = utils.sample(ddpm, 3, seed=1, sampler=make_sampler("ddpm", ddpm, **none)).images
+    for kw in (dict(none, variance="posterior"), dict(clip_x0="dynamic")):
+        assert not torch.equal(utils.sample(ddpm, 3, seed=1, sampler=make_sampler("ddpm", ddpm, **kw)).images, plain)
     with pytest.raises(ValueError, match="the dpm.. sampler takes no eta"):
         make_sampler("dpm++", ddpm, eta=0.5)
     with pytest.raises(ValueError, match="the ddim sampler takes no variance"):
         make_sampler("ddim", ddpm, variance="posterior")
     with pytest.raises(ValueError, match="clip_x0 must be one of"):
         make_sampler("ddpm", ddpm, clip_x0="soft")
+    for eta in (-0.1, 1.5, float("nan")):  # Song et al.'s eta lies in [0, 1]
+        with pytest.raises(ValueError, match=r"the DDIM noise scale eta must lie in \[0, 1\]"):
+            make_sampler("ddim", ddpm, eta=eta)
     assert make_sampler("dpm++", ddpm).timesteps() == list(range(19, -1, -1))  # default 20 steps, capped at T
 
 
