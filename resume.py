@@ -39,8 +39,6 @@ def resume_point(checkpoint: Path, device: torch.device, dataset: str | None, gi
     last = last_checkpoint_path(checkpoint)
     used = last
     if not last.is_file() and checkpoint.is_file():
-        log.warning("%s is missing (a save was interrupted?): resuming from the best checkpoint %s, "
-                    "the state after its epoch", last, checkpoint)
         used = checkpoint
     try:
         ddpm, ckpt = load_checkpoint(used, device)
@@ -51,6 +49,9 @@ def resume_point(checkpoint: Path, device: torch.device, dataset: str | None, gi
         raise
     if "progress" not in ckpt:
         raise ResumeRefused(f"{used} holds no training state to resume from")
+    if used != last:  # (only for a file that holds a training state)
+        log.warning("%s is missing (a save was interrupted?): resuming from the best checkpoint %s, "
+                    "the state after its epoch", last, checkpoint)
     if dataset not in (None, ckpt["config"]["dataset"]):
         raise ResumeRefused(f"cannot resume {used}: it is a {ckpt['config']['dataset']} run, not {dataset}")
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT, read_gif
 from datagen import make_mnist
 from PIL import Image
@@ -91,6 +92,13 @@ def test_figures_alone_need_no_run_and_refuse_a_bad_schedule_in_one_line(tmp_pat
         "main.py: error: --beta-end (0.02) must be larger than --beta-start (0.05)"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only where PyTorch sees no CUDA device")
+def test_device_cuda_without_cuda_is_one_line(tmp_path, run_main):
+    result = run_main("--sample", "--device", "cuda", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "main.py: error: --device cuda was asked for, but PyTorch sees no CUDA device"]
+
+
 def test_user_errors_are_one_line_without_traceback(trained, tmp_path, run_main):
     work, _ = trained
     missing = run_main("--sample", cwd=tmp_path)
@@ -105,7 +113,8 @@ def test_user_errors_are_one_line_without_traceback(trained, tmp_path, run_main)
                          "--gif", "a_file/out.gif", cwd=tmp_path)
     assert unwritable.returncode == 1 and "cannot write a_file/out.gif" in unwritable.stderr
     no_data = run_main("--train", "--data-root", "a_file/data", *TINY, cwd=tmp_path)
-    assert no_data.returncode == 1
+    assert no_data.returncode == 1 and "MNIST files missing in a_file/data/MNIST/raw and that folder cannot be " \
+        "written" in no_data.stderr
     for result in (missing, corrupt, unwritable, no_data):
         assert "Traceback" not in result.stderr
         assert result.stderr.count("main.py: error:") == 1

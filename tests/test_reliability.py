@@ -216,6 +216,15 @@ def test_resume_falls_back_to_the_best_checkpoint(trained, run_main):
     assert load_checkpoint(trained / "runs" / "ddpm_mnist_last.pt")[1]["progress"]["epoch"] == 2
 
 
+def test_resume_of_a_file_without_training_state_is_refused_without_the_fallback_warning(trained, run_main):
+    ckpt = torch.load(trained / "runs" / "ddpm_mnist.pt", weights_only=True)
+    del ckpt["progress"]  # as a distilled student or a hand-made file: weights and config only
+    torch.save(ckpt, trained / "weights.pt")
+    result = run_main("--train", "--resume", "--checkpoint", "weights.pt", "--data-root", "data", *TINY, cwd=trained)
+    assert one_error_line(result) == "main.py: error: weights.pt holds no training state to resume from"
+    assert "is missing" not in result.stderr
+
+
 def test_resume_with_another_number_of_processes_warns_and_goes_on(trained, run_main):
     last = trained / "runs" / "ddpm_mnist_last.pt"
     ckpt = torch.load(last, weights_only=True)
