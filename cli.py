@@ -124,7 +124,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                                  "every default is config.ModelSettings')")
     m = lambda name: _default(ModelSettings, name)  # noqa: E731
     model.add_argument("--recipe", choices=tuple(RECIPES), default=None,
-                       help="'default' (the default): the package's measured recipe; 'paper': the paper's own (Figure "
+                       help="'default' (when not given): the package's measured recipe; 'paper': the paper's own (Figure "
                             "11's network, noise prediction, Figure 12's StepLR, batches of 128, no EMA, no loss "
                             "weighting, 10 epochs); any option below still overrides its part; --resume: the run's")
     model.add_argument("--timesteps", type=bounded_int("timesteps"), default=None,
