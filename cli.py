@@ -311,8 +311,9 @@ def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def seed_of(args: argparse.Namespace) -> int:
-    """--seed, else 0 (a resumed training keeps its run's seed: ``config.changed_settings`` compares a given one)."""
-    return 0 if args.seed is None else args.seed
+    """--seed, else ``TrainSettings``' default (a resumed training keeps its run's: ``config.changed_settings``
+    compares a given one)."""
+    return _default(TrainSettings, "seed") if args.seed is None else args.seed
 
 
 def dataset_of(args: argparse.Namespace) -> str | None:
